@@ -1,0 +1,1 @@
+"""Data side: LeRobot reader -> embodiment config -> normalize -> sample -> pack. Never imports `beingh.model`."""

@@ -1,0 +1,1 @@
+"""Evaluation: simulators, demo generation, closed-loop runner."""

@@ -1,0 +1,1 @@
+"""Training: arguments, FSDP2, optimizer/schedule, checkpoints, loop, metadata writer."""

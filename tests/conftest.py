@@ -1,0 +1,28 @@
+"""Shared test fixtures: paths to ../shared fixtures and a tiny tokenizer folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_FIXTURES = REPO_ROOT.parent / "shared" / "fixtures"
+LEROBOT_FIXTURES = SHARED_FIXTURES / "lerobot"
+TINY_CHECKPOINT = SHARED_FIXTURES / "beingh05_tiny_checkpoint"
+
+
+@pytest.fixture(scope="session")
+def lerobot_fixtures() -> Path:
+    if not LEROBOT_FIXTURES.is_dir():
+        pytest.fail(f"LeRobot fixtures not found at {LEROBOT_FIXTURES} (expected ../shared beside the repo)")
+    return LEROBOT_FIXTURES
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer_dir(tmp_path_factory) -> Path:
+    from beingh.data.tokenizer import build_tiny_tokenizer
+
+    out = tmp_path_factory.mktemp("tiny_tokenizer")
+    build_tiny_tokenizer(out)
+    return out
