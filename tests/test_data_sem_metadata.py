@@ -1,0 +1,165 @@
+"""Dataset metadata and the hierarchical <group>_metadata.json: variants really differ, selection, round trip."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from beingh.data.embodiment import get_data_config
+from beingh.data.metadata import (
+    DatasetMetadata,
+    MetadataSource,
+    ModalityMeta,
+    build_dataset_metadata,
+    build_group_metadata,
+    load_metadata,
+    select_metadata,
+    training_variant,
+    write_group_metadata,
+)
+from beingh.data.stats import ColumnStats, merge_column_stats
+
+
+def _metadata(seed: int, tag: str, n: int = 50, width: int = 3) -> DatasetMetadata:
+    rng = np.random.default_rng(seed)
+    eef = ColumnStats.from_values(rng.normal(seed, 1 + seed, size=(n, width)))
+    grip = ColumnStats.from_values(rng.choice([-1.0, 1.0], size=(n, 1)))
+    return DatasetMetadata(
+        statistics={"state": {"eef_position": eef}, "action": {"eef_position": eef, "gripper": grip}},
+        modalities={"video": {}, "state": {"eef_position": ModalityMeta(True, None, [width], True)},
+                    "action": {"eef_position": ModalityMeta(False, None, [width], True),
+                               "gripper": ModalityMeta(True, None, [1], True)}},
+        embodiment_tag=tag,
+    )
+
+
+@pytest.fixture
+def sources() -> list[MetadataSource]:
+    return [
+        MetadataSource("libero_spatial", _metadata(0, "libero"), 100, embodiment="franka"),
+        MetadataSource("libero_object", _metadata(1, "libero"), 300, embodiment="franka"),
+        MetadataSource("robocasa_door", _metadata(2, "robocasa"), 50),
+    ]
+
+
+def _mean(meta: DatasetMetadata, key: str = "state.eef_position") -> np.ndarray:
+    return meta.stats_for(key).mean
+
+
+def test_metadata_dict_round_trip():
+    meta = _metadata(3, "metaworld")
+    back = DatasetMetadata.from_dict(json.loads(json.dumps(meta.to_dict())))
+    assert back.embodiment_tag == "metaworld"
+    assert back.modalities["action"]["eef_position"] == meta.modalities["action"]["eef_position"]
+    np.testing.assert_array_equal(_mean(back), _mean(meta))
+    assert back.stats_for("action.nope") is None and back.fps is None
+
+
+def test_variants_hold_their_own_statistics(sources):
+    doc = build_group_metadata("uni", sources, stats_level="auto")
+    top, variants = doc["uni"], doc["uni_variants"]
+    assert set(variants) == {"libero_spatial", "libero_object", "robocasa_door", "franka", "robocasa"}
+    assert [variants[n]["stats_level"] for n in variants] == ["task"] * 3 + ["embodiment"] * 2
+
+    task = {s.name: select_metadata(doc, "uni", s.name) for s in sources}
+    for s in sources:
+        np.testing.assert_array_equal(_mean(task[s.name]), _mean(s.metadata))
+    franka = select_metadata(doc, "uni", "franka", stats_selection_mode="embodiment")
+    expected = merge_column_stats([(sources[0].metadata.stats_for("state.eef_position"), 100),
+                                   (sources[1].metadata.stats_for("state.eef_position"), 300)])
+    np.testing.assert_allclose(franka.stats_for("state.eef_position").std, expected.std)
+    merged = select_metadata(doc, "uni", "merged")
+    assert not np.allclose(_mean(merged), _mean(franka))
+    assert not np.allclose(_mean(franka), _mean(task["libero_spatial"]))
+    np.testing.assert_array_equal(_mean(select_metadata(doc, "uni", "robocasa")), _mean(task["robocasa_door"]))
+    assert merged.embodiment_tag == "new_embodiment" and franka.embodiment_tag == "libero"
+    assert top["num_frames"] == 450 and variants["franka"]["datasets"] == ["libero_spatial", "libero_object"]
+
+
+def test_training_level_and_auto_selection(sources):
+    doc = build_group_metadata("uni", sources, stats_level="auto")  # auto = per embodiment
+    assert doc["uni"]["stats_level"] == "embodiment" and doc["uni"]["default_variant"] == "franka"
+    assert training_variant(doc, "uni", "robocasa_door") == "robocasa"
+    np.testing.assert_array_equal(_mean(select_metadata(doc, "uni")), _mean(select_metadata(doc, "uni", "franka")))
+
+    task_doc = build_group_metadata("uni", sources, stats_level="task")
+    assert training_variant(task_doc, "uni", "libero_object") == "libero_object"
+    merged_doc = build_group_metadata("uni", sources, stats_level="merged")
+    assert merged_doc["uni"]["default_variant"] is None
+    np.testing.assert_array_equal(_mean(select_metadata(merged_doc, "uni")),
+                                  _mean(select_metadata(merged_doc, "uni", "merged")))
+    with pytest.raises(ValueError, match="stats_level"):
+        build_group_metadata("uni", sources, stats_level="total")
+
+
+def test_selection_errors(sources):
+    doc = build_group_metadata("uni", sources)
+    with pytest.raises(ValueError, match=r"no variant 'libero_10'; available: \['franka', 'libero_object'"):
+        select_metadata(doc, "uni", "libero_10")
+    with pytest.raises(ValueError, match="3 'task' variants.*libero_spatial"):
+        select_metadata(doc, "uni", stats_selection_mode="task")
+    with pytest.raises(ValueError, match="is a 'embodiment' variant"):
+        select_metadata(doc, "uni", "franka", stats_selection_mode="task")
+    with pytest.raises(ValueError, match="no group 'other'; groups: \\['uni'\\]"):
+        select_metadata(doc, "other")
+    with pytest.raises(ValueError, match="stats_selection_mode"):
+        select_metadata(doc, "uni", stats_selection_mode="total")
+    with pytest.raises(ValueError, match="duplicate dataset names"):
+        build_group_metadata("uni", sources + sources[:1])
+    with pytest.raises(ValueError, match="'merged' names the top-level"):
+        build_group_metadata("uni", [MetadataSource("merged", sources[0].metadata, 10)])
+
+
+def test_single_dataset_group_and_name_collision():
+    doc = build_group_metadata("mw", [MetadataSource("metaworld", _metadata(5, "metaworld"), 80)])
+    assert set(doc["mw_variants"]) == {"metaworld", "metaworld_embodiment"}
+    for mode in ("auto", "task", "embodiment", "merged"):
+        np.testing.assert_allclose(_mean(select_metadata(doc, "mw", stats_selection_mode=mode)),
+                                   _mean(_metadata(5, "metaworld")))
+
+
+def test_mismatched_widths_are_left_out_of_merged_levels_only():
+    sources = [MetadataSource("a", _metadata(0, "r1"), 10), MetadataSource("b", _metadata(1, "r2", width=4), 10)]
+    doc = build_group_metadata("g", sources)
+    assert select_metadata(doc, "g", "merged").stats_for("state.eef_position") is None
+    assert select_metadata(doc, "g", "b").stats_for("state.eef_position").dim == 4
+    assert select_metadata(doc, "g", "merged").stats_for("action.gripper") is not None
+
+
+def test_write_and_load_round_trip(sources, tmp_path):
+    exp = tmp_path / "ckpt" / "experiment_cfg"
+    file = write_group_metadata(exp, "uni", sources)
+    assert file == exp / "uni_metadata.json"
+    assert write_group_metadata(exp, "solo", sources[2:]) == exp / "solo_metadata.json"
+    write_group_metadata(file, "solo", sources[2:])  # an explicit file keeps the groups already in it
+    assert set(json.loads(file.read_text())) == {"uni", "uni_variants", "solo", "solo_variants"}
+    for where in (tmp_path / "ckpt", exp, file):
+        meta = load_metadata(where, "uni", metadata_variant="libero_object", stats_selection_mode="task")
+        np.testing.assert_array_equal(_mean(meta), _mean(sources[1].metadata))
+        np.testing.assert_array_equal(meta.stats_for("action.gripper").max, [1.0])
+    with pytest.raises(FileNotFoundError, match="uni2_metadata.json"):
+        load_metadata(tmp_path / "ckpt", "uni2")
+    with pytest.raises(ValueError, match="uni_metadata.json: .*no variant"):
+        load_metadata(exp, "uni", metadata_variant="nope")
+
+
+def test_reference_legacy_layout_is_readable():
+    meta = _metadata(7, "libero").to_dict()
+    doc = {"libero_posttrain": {"libero_10_no_noops": meta}}
+    np.testing.assert_allclose(_mean(select_metadata(doc, "libero_posttrain")), _mean(_metadata(7, "libero")))
+
+
+def test_build_dataset_metadata_from_fixture(lerobot_fixtures):
+    from beingh.data.lerobot import LeRobotDataset
+
+    dataset = LeRobotDataset(lerobot_fixtures / "v30_h264")
+    config = get_data_config("metaworld")(embodiment_tag="metaworld")
+    column_stats = {c: ColumnStats.from_values(dataset.column(c)) for c in config.source_columns()}
+    meta = build_dataset_metadata(dataset, config, column_stats)
+    assert meta.modalities["video"]["corner"].resolution == (224, 224)
+    assert meta.modalities["video"]["corner"].fps == 20.0 and meta.fps == 20.0
+    assert meta.modalities["action"]["eef_position"].absolute is False
+    np.testing.assert_array_equal(meta.stats_for("state.gripper").max, column_stats["observation.state"].max[3:4])
+    assert meta.embodiment_tag == "metaworld"
