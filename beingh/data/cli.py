@@ -1,0 +1,240 @@
+"""`beingh check` (validate a dataset YAML against the data) and `beingh stats` (compute/print statistics).
+
+`check` lists every problem it finds rather than stopping at the first, each with the file, group,
+dataset and key, and exits non-zero if there is any. It inspects a data config's class attributes
+without instantiating it, because instantiation stops at the first inconsistency.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from beingh.data.dataset_config import DatasetConfigError, DatasetEntry, DatasetGroup, load_dataset_config
+from beingh.data.embodiment import BaseDataConfig, get_data_config
+from beingh.data.lerobot import LeRobotDataset
+from beingh.data.metadata import MetadataSource, build_dataset_metadata, write_group_metadata
+from beingh.data.normalize import check_mode
+from beingh.data.registry import resolve_dataset_path
+from beingh.data.rotation import ROTATION_DIMS
+from beingh.data.sample import SampleBuilder
+from beingh.data.stats import STAT_FIELDS, compute_dataset_stats
+from beingh.data.unified import validate_unified_mapping
+
+_ROTATION_NAME = re.compile(r"rot|quat|orient", re.IGNORECASE)
+_MODES_NEEDING_STATS = ("q99", "mean_std", "min_max", "scale")
+
+
+@dataclass
+class Problem:
+    where: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.message}"
+
+
+def _config_modalities(cls: type[BaseDataConfig], embodiment_tag: str) -> dict:
+    """The ModalityDefs of a config class without running its validating constructor."""
+    config = cls.__new__(cls)
+    config.embodiment_tag, config.use_fixed_view, config.max_view_num = embodiment_tag, False, -1
+    return config.define_modalities()
+
+
+def check_data_config(cls: type[BaseDataConfig], where: str, embodiment_tag: str = "new_embodiment") -> list[Problem]:
+    """Problems of a data config on its own: slots, rotation declarations, widths, normalization modes."""
+    problems: list[Problem] = []
+    try:
+        modalities = _config_modalities(cls, embodiment_tag)
+    except Exception as err:  # a user config's define_modalities can fail in any way
+        return [Problem(where, f"define_modalities() failed: {err}")]
+    mapping = dict(cls.UNIFIED_MAPPING)
+    for key in [*cls.STATE_KEYS, *cls.ACTION_KEYS]:
+        at = f"{where}: key '{key}'"
+        mod = modalities.get(key)
+        if mod is None:
+            problems.append(Problem(at, "no ModalityDef in define_modalities()"))
+            continue
+        if mod.rotation_type is None and _ROTATION_NAME.search(key.split(".", 1)[1]):
+            problems.append(Problem(at, "looks like a rotation but has no rotation_type "
+                                        f"(one of {sorted(ROTATION_DIMS)})"))
+        if mod.rotation_type is not None and mod.width != ROTATION_DIMS[mod.rotation_type]:
+            problems.append(Problem(at, f"rotation_type {mod.rotation_type!r} needs {ROTATION_DIMS[mod.rotation_type]} "
+                                        f"values, the slice [{mod.start}:{mod.end}] has {mod.width}"))
+        if key not in mapping:
+            problems.append(Problem(at, "no UNIFIED_MAPPING slot"))
+            continue
+        try:
+            validate_unified_mapping({key: mapping[key]}, owner=f"{cls.__name__}.UNIFIED_MAPPING")
+        except ValueError as err:
+            problems.append(Problem(at, str(err)))
+            continue
+        start, end = mapping[key]
+        if end - start != mod.unified_width:
+            problems.append(Problem(at, f"unified slot ({start}, {end}) has {end - start} dims but the modality gives "
+                                        f"{mod.unified_width} (slice [{mod.start}:{mod.end}] after rotation conversion)"))
+        modes = cls.state_normalization_modes if key.startswith("state.") else cls.action_normalization_modes
+        try:
+            check_mode(modes.get(key, "none"), at)
+        except ValueError as err:
+            problems.append(Problem(at, str(err)))
+    valid = {k: v for k, v in mapping.items() if not any(p.where.endswith(f"key '{k}'") for p in problems)}
+    for (a, span_a), (b, span_b) in itertools.combinations(valid.items(), 2):
+        if a.split(".")[0] == b.split(".")[0]:
+            try:
+                validate_unified_mapping({a: span_a, b: span_b}, owner=f"{cls.__name__}.UNIFIED_MAPPING")
+            except ValueError as err:
+                problems.append(Problem(f"{where}: key '{a}'", f"overlapping UNIFIED_MAPPING slots: {err}"))
+    if not problems:
+        try:
+            cls(embodiment_tag=embodiment_tag)
+        except Exception as err:  # the config's own validation: report whatever it found
+            problems.append(Problem(where, str(err)))
+    return problems
+
+
+def _column_width(dataset: LeRobotDataset, column: str) -> int:
+    return int(np.prod(dataset.features[column].get("shape") or [1]))
+
+
+def check_dataset(dataset: LeRobotDataset, cls: type[BaseDataConfig], entry: DatasetEntry, where: str,
+                  stats_cache_dir: str | Path | None) -> list[Problem]:
+    """Problems between a data config and one dataset: columns, widths, statistics, one real sample."""
+    problems: list[Problem] = []
+    modalities = _config_modalities(cls, entry.embodiment_tag)
+    for key in [*cls.STATE_KEYS, *cls.ACTION_KEYS, *cls.LANGUAGE_KEYS]:
+        mod = modalities.get(key)
+        if mod is None:
+            continue
+        if mod.source_column not in dataset.features:
+            problems.append(Problem(f"{where}: key '{key}'", f"column {mod.source_column!r} missing from the "
+                                                             f"dataset; columns: {sorted(dataset.features)}"))
+        elif not key.startswith("language.") and mod.end > _column_width(dataset, mod.source_column):
+            problems.append(Problem(f"{where}: key '{key}'", f"slice [{mod.start}:{mod.end}] is out of range: "
+                                    f"column {mod.source_column!r} has {_column_width(dataset, mod.source_column)} dims"))
+    for view in cls.VIDEO_KEYS:
+        column = cls.VIDEO_SOURCE_COLUMNS.get(view)
+        if column not in dataset.camera_keys:
+            problems.append(Problem(f"{where}: view '{view}'", f"camera column {column!r} missing from the dataset; "
+                                                               f"cameras: {dataset.camera_keys}"))
+    if problems:
+        return problems
+    config = cls(embodiment_tag=entry.embodiment_tag)
+    try:
+        stats = compute_dataset_stats(dataset, stats_cache_dir, columns=config.source_columns())
+        metadata = build_dataset_metadata(dataset, config, stats)
+    except (ValueError, KeyError, OSError) as err:
+        return [Problem(where, f"missing statistics: {err}")]
+    for key in [*cls.STATE_KEYS, *cls.ACTION_KEYS]:
+        mode = config.normalization_mode(key)
+        key_stats = metadata.stats_for(key)
+        if mode in _MODES_NEEDING_STATS and not modalities[key].converts_rotation:
+            if key_stats is None:
+                problems.append(Problem(f"{where}: key '{key}'", f"normalization {mode!r} needs statistics, none found"))
+            elif not all(np.isfinite(getattr(key_stats, f)).all() for f in STAT_FIELDS):
+                problems.append(Problem(f"{where}: key '{key}'", f"statistics contain NaN/inf (the column "
+                                        f"{modalities[key].source_column!r} has non-finite values)"))
+    try:
+        builder = SampleBuilder(dataset, config, metadata)
+        for episode in (dataset.episodes[0], dataset.episodes[-1]):
+            for frame in sorted({0, episode.length - 1}):
+                builder(episode.index, frame, np.random.default_rng(0))
+    except Exception as err:  # report any failure to build a real sample, with its message
+        problems.append(Problem(where, f"building a sample failed: {type(err).__name__}: {err}"))
+    return problems
+
+
+def _iter_datasets(config_file: Path, groups: list[DatasetGroup]):
+    for group in groups:
+        for i, entry in enumerate(group.datasets):
+            yield group, entry, f"{config_file}: group '{group.name}': dataset '{entry.name}' [{i}]"
+
+
+def run_check(config_file: str | Path, stats_cache_dir: str | Path | None = None) -> list[Problem]:
+    """Every problem of a dataset YAML, its data configs and its datasets."""
+    config_file = Path(config_file)
+    try:
+        groups = load_dataset_config(config_file)
+    except DatasetConfigError as err:
+        return [Problem(str(config_file), str(err))]
+    problems: list[Problem] = []
+    checked_configs: dict[str, list[Problem]] = {}
+    for group, entry, where in tqdm(list(_iter_datasets(config_file, groups)), desc="check", unit="dataset"):
+        cls = get_data_config(entry.data_config_name)
+        config_where = f"{where} (data config '{entry.data_config_name}')"
+        if entry.data_config_name not in checked_configs:
+            checked_configs[entry.data_config_name] = check_data_config(cls, config_where, entry.embodiment_tag)
+            problems += checked_configs[entry.data_config_name]
+        if checked_configs[entry.data_config_name]:
+            continue
+        try:
+            path = resolve_dataset_path(entry.name, relative_to=config_file.parent)
+            dataset = LeRobotDataset(path, group.video_backend)
+        except (LookupError, OSError, ValueError) as err:
+            problems.append(Problem(where, str(err)))
+            continue
+        problems += check_dataset(dataset, cls, entry, config_where, stats_cache_dir)
+    return problems
+
+
+def check_main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="beingh check", description="Validate a dataset YAML against the data.")
+    parser.add_argument("--dataset_config_file", required=True, help="dataset YAML to check")
+    parser.add_argument("--cache_dir", default=None, help="statistics cache folder (default: ~/.cache/beingh/stats)")
+    args = parser.parse_args(argv)
+    problems = run_check(args.dataset_config_file, args.cache_dir)
+    for problem in problems:
+        print(f"ERROR {problem}", file=sys.stderr)
+    if problems:
+        print(f"{len(problems)} problem(s) in {args.dataset_config_file}", file=sys.stderr)
+        return 1
+    print(f"OK: {args.dataset_config_file}")
+    return 0
+
+
+def _format_stats(name: str, stats) -> str:
+    fields = "  ".join(f"{f}={np.array2string(getattr(stats, f), precision=4, max_line_width=10_000)}"
+                       for f in STAT_FIELDS)
+    return f"    {name:<32} {fields}"
+
+
+def stats_main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="beingh stats", description="Compute and print dataset statistics.")
+    parser.add_argument("--dataset_config_file", required=True, help="dataset YAML")
+    parser.add_argument("--cache_dir", default=None, help="statistics cache folder (default: ~/.cache/beingh/stats)")
+    parser.add_argument("--output_dir", default=None, help="also write <group>_metadata.json files here")
+    args = parser.parse_args(argv)
+    config_file = Path(args.dataset_config_file)
+    try:
+        groups = load_dataset_config(config_file)
+    except DatasetConfigError as err:
+        print(f"ERROR {err}", file=sys.stderr)
+        return 1
+    sources: dict[str, list[MetadataSource]] = {g.name: [] for g in groups}
+    for group, entry, where in tqdm(list(_iter_datasets(config_file, groups)), desc="stats", unit="dataset"):
+        try:
+            dataset = LeRobotDataset(resolve_dataset_path(entry.name, relative_to=config_file.parent),
+                                     group.video_backend)
+            config = get_data_config(entry.data_config_name)(embodiment_tag=entry.embodiment_tag)
+            stats = compute_dataset_stats(dataset, args.cache_dir, columns=config.source_columns())
+            metadata = build_dataset_metadata(dataset, config, stats)
+        except (LookupError, OSError, ValueError) as err:
+            print(f"ERROR {where}: {err}", file=sys.stderr)
+            return 1
+        sources[group.name].append(MetadataSource(entry.name, metadata, dataset.num_frames, entry.embodiment_tag))
+        tqdm.write(f"{where}: {dataset.num_episodes} episodes, {dataset.num_frames} frames")
+        for modality_group, entries in metadata.statistics.items():
+            for name, key_stats in entries.items():
+                tqdm.write(_format_stats(f"{modality_group}.{name}", key_stats))
+    if args.output_dir:
+        for group in groups:
+            path = write_group_metadata(args.output_dir, group.name, sources[group.name], group.stats_level)
+            print(f"wrote {path}")
+    return 0

@@ -1,0 +1,157 @@
+"""Data-loader throughput: samples/s per worker core on a 2-view LeRobot v3.0 AV1 dataset at 224 px.
+
+The fixture has one camera, so the benchmark copies it into a temp dir and declares its video a second
+time under another camera name (two independent decoders, as with a real 2-camera dataset). It then
+times, on one thread (wall clock, and CPU time of this process since the machine may be shared), the
+full per-sample work a DataLoader worker does (exact-frame decode of both
+views, state/action slicing and normalization, train image transform, tokenization), with a breakdown,
+and finally the packed loader with `--loader_workers` worker processes.
+
+    python benchmarks/data_loader.py [--samples 400] [--loader_workers 2] [--loader_packs 20]
+
+Prints one JSON object (config, device, figures).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+from beingh.data.embodiment import MetaWorldDataConfig, register_data_config  # noqa: E402
+from beingh.data.pipeline import DataArgs, SequenceArgs, build_train_loader  # noqa: E402
+from beingh.data.tokenizer import build_tiny_tokenizer  # noqa: E402
+
+FIXTURE = REPO_ROOT.parent / "shared" / "fixtures" / "lerobot" / "v30_av1"
+SECOND_CAMERA = "observation.images.corner2"
+
+
+class TwoViewMetaWorldDataConfig(MetaWorldDataConfig):
+    VIDEO_KEYS = ["video.corner", "video.corner2"]
+    VIDEO_SOURCE_COLUMNS = {"video.corner": "observation.images.corner", "video.corner2": SECOND_CAMERA}
+
+
+def make_two_view_dataset(root: Path) -> Path:
+    """Copy the v3.0 AV1 fixture and add a second camera whose video is a copy of the first."""
+    dataset = root / "two_view"
+    shutil.copytree(FIXTURE, dataset)
+    for path in dataset.rglob("*"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    shutil.copytree(dataset / "videos" / "observation.images.corner", dataset / "videos" / SECOND_CAMERA)
+    info_path = dataset / "meta" / "info.json"
+    info = json.loads(info_path.read_text())
+    info["features"][SECOND_CAMERA] = info["features"]["observation.images.corner"]
+    info_path.write_text(json.dumps(info, indent=2))
+    import pyarrow.parquet as pq
+
+    episodes_file = next((dataset / "meta" / "episodes").rglob("*.parquet"))
+    table = pq.read_table(episodes_file)
+    for column in [c for c in table.column_names if c.startswith("videos/observation.images.corner/")]:
+        name = column.replace("observation.images.corner", SECOND_CAMERA)
+        table = table.append_column(name, table.column(column))
+    pq.write_table(table, episodes_file)
+    return dataset
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--samples", type=int, default=400)
+    parser.add_argument("--image_size", type=int, default=224)
+    parser.add_argument("--loader_workers", type=int, default=2)
+    parser.add_argument("--loader_packs", type=int, default=20)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    register_data_config("metaworld_two_view", TwoViewMetaWorldDataConfig)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_path = Path(tmp)
+        dataset = make_two_view_dataset(tmp_path)
+        config = tmp_path / "bench.yaml"
+        config.write_text(yaml.safe_dump({"bench": {
+            "dataset_names": [str(dataset)], "data_config_names": "metaworld_two_view",
+            "embodiment_tags": "metaworld"}}))
+        tokenizer = build_tiny_tokenizer()
+        data_args = DataArgs(force_image_size=args.image_size, num_workers=0)
+        loader = build_train_loader(config, tokenizer, data_args, SequenceArgs(), stats_cache_dir=tmp_path / "stats",
+                                    multiprocessing_context="forkserver")
+        stream = loader.make_stream(0)
+        source = stream.source
+        keys = [stream.sampler.next_key(stream.sampler.next_group()) for _ in range(args.samples)]
+        for key in keys[:10]:
+            source.build(key)  # warm up: open files, first decode, layout cache
+
+        t_build = t_images = t_tokens = 0.0
+        cpu_start = time.process_time()
+        start = time.perf_counter()
+        for key in keys:
+            t0 = time.perf_counter()
+            rng = np.random.default_rng(key.seed)
+            sample = source.builders[key.group][key.dataset](key.episode, key.frame, rng)
+            t1 = time.perf_counter()
+            pixels = torch.stack([source.image_transform(image, rng) for image in sample.images])
+            t2 = time.perf_counter()
+            source.prompt_builder.tokenize(sample, pixels)
+            t3 = time.perf_counter()
+            t_build, t_images, t_tokens = t_build + t1 - t0, t_images + t2 - t1, t_tokens + t3 - t2
+        elapsed = time.perf_counter() - start
+        cpu_elapsed = time.process_time() - cpu_start
+        n = len(keys)
+
+        loader_figures = {}
+        if args.loader_workers > 0:
+            data_args = DataArgs(force_image_size=args.image_size, num_workers=args.loader_workers, prefetch_factor=2)
+            packed = build_train_loader(config, tokenizer, data_args, SequenceArgs(),
+                                        stats_cache_dir=tmp_path / "stats")
+            iterator = iter(packed)
+            next(iterator)  # worker start-up excluded
+            t0 = time.perf_counter()
+            packs = [next(iterator) for _ in range(args.loader_packs)]
+            dt = time.perf_counter() - t0
+            samples = sum(p.num_samples for p in packs)
+            loader_figures = {
+                "loader_workers": args.loader_workers,
+                "packs": len(packs),
+                "samples_per_pack": samples / len(packs),
+                "tokens_per_pack": sum(p.num_tokens for p in packs) / len(packs),
+                "loader_samples_per_s": samples / dt,
+                "loader_packs_per_s": len(packs) / dt,
+            }
+            del iterator
+
+    result = {
+        "benchmark": "data_loader",
+        "config": {"dataset": "LeRobot v3.0 AV1 fixture, 2 views (same video declared twice)",
+                   "image_size": args.image_size, "views": 2, "samples": n, "sampling": "step, shuffled",
+                   "torch_threads": 1},
+        "device": {"cpu": platform.processor() or platform.machine(), "cores_visible": os.cpu_count(),
+                   "torch": torch.__version__, "note": "dev machine shared with other jobs; figures are noisy"},
+        "figures": {
+            "samples_per_s_per_core": n / elapsed,
+            "samples_per_cpu_second": n / cpu_elapsed,
+            "ms_per_sample": 1000 * elapsed / n,
+            "ms_sample_build_decode_2_views": 1000 * t_build / n,
+            "ms_image_transform_2_views": 1000 * t_images / n,
+            "ms_tokenize": 1000 * t_tokens / n,
+            **loader_figures,
+        },
+        "goal_samples_per_s_per_core": 300,
+    }
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,121 @@
+"""`beingh check` finds each kind of config/data problem; `beingh stats` prints and writes statistics."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from beingh.data import cli, embodiment
+from beingh.data.embodiment import MetaWorldDataConfig, ModalityDef
+
+
+def _variant(name: str, **attrs) -> type:
+    return type(name, (MetaWorldDataConfig,), attrs)
+
+
+BASE_MODALITIES = dict(MetaWorldDataConfig.MODALITIES)
+BAD_CONFIGS = {
+    "missing_column": (
+        _variant("MissingColumn", MODALITIES={**BASE_MODALITIES,
+                                              "state.gripper": ModalityDef("observation.joints", 0, 1)}),
+        "column 'observation.joints' missing",
+    ),
+    "missing_camera": (
+        _variant("MissingCamera", VIDEO_SOURCE_COLUMNS={"video.corner": "observation.images.top"}),
+        "camera column 'observation.images.top' missing",
+    ),
+    "overlap": (
+        _variant("Overlap", UNIFIED_MAPPING={**MetaWorldDataConfig.UNIFIED_MAPPING, "state.gripper": (2, 3)}),
+        "overlapping UNIFIED_MAPPING slots",
+    ),
+    "no_rotation_type": (
+        _variant("NoRotation", STATE_KEYS=["state.eef_position", "state.eef_rotation"],
+                 MODALITIES={**BASE_MODALITIES, "state.eef_rotation": ModalityDef("observation.state", 3, 6)},
+                 UNIFIED_MAPPING={**MetaWorldDataConfig.UNIFIED_MAPPING, "state.eef_rotation": (3, 6)},
+                 state_normalization_modes={}),
+        "looks like a rotation but has no rotation_type",
+    ),
+    "slice_out_of_range": (
+        _variant("SliceOut", MODALITIES={**BASE_MODALITIES, "action.gripper": ModalityDef("action", 7, 8)}),
+        "slice [7:8] is out of range: column 'action' has 7 dims",
+    ),
+    "slot_width": (
+        _variant("SlotWidth", UNIFIED_MAPPING={**MetaWorldDataConfig.UNIFIED_MAPPING,
+                                               "action.eef_position": (0, 4)}),
+        "unified slot (0, 4) has 4 dims but the modality gives 3",
+    ),
+}
+
+
+@pytest.fixture
+def fixture_yaml(tmp_path, lerobot_fixtures):
+    def write(data_config: str) -> str:
+        path = tmp_path / f"{data_config}.yaml"
+        path.write_text(yaml.safe_dump({"grp": {
+            "dataset_names": [str(lerobot_fixtures / "v30_av1")],
+            "data_config_names": data_config, "embodiment_tags": "metaworld"}}))
+        return str(path)
+    return write
+
+
+def test_check_passes_on_good_config(fixture_yaml, tmp_path, capsys):
+    assert cli.check_main(["--dataset_config_file", fixture_yaml("metaworld"), "--cache_dir", str(tmp_path)]) == 0
+    assert "OK" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name", sorted(BAD_CONFIGS))
+def test_check_reports_each_problem(name, fixture_yaml, tmp_path, capsys, monkeypatch):
+    cls, message = BAD_CONFIGS[name]
+    monkeypatch.setitem(embodiment.DATA_CONFIG_MAP, name, cls)
+    config_file = fixture_yaml(name)
+    rc = cli.check_main(["--dataset_config_file", config_file, "--cache_dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert message in err, err
+    assert config_file in err and "group 'grp'" in err
+
+
+def test_check_reports_missing_statistics(fixture_yaml, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(cli, "compute_dataset_stats", lambda dataset, cache, columns: {})
+    rc = cli.check_main(["--dataset_config_file", fixture_yaml("metaworld"), "--cache_dir", str(tmp_path)])
+    assert rc == 1 and "missing statistics" in capsys.readouterr().err
+
+
+def test_check_reports_non_finite_statistics(fixture_yaml, tmp_path, capsys, monkeypatch):
+    real = cli.compute_dataset_stats
+
+    def with_nan(dataset, cache, columns):
+        stats = real(dataset, cache, columns=columns)
+        stats["observation.state"].mean[0] = float("nan")
+        return stats
+
+    monkeypatch.setattr(cli, "compute_dataset_stats", with_nan)
+    rc = cli.check_main(["--dataset_config_file", fixture_yaml("metaworld"), "--cache_dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert rc == 1 and "key 'state.eef_position'" in err and "NaN/inf" in err
+
+
+def test_check_reports_config_errors(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"g": {"dataset_names": ["x"], "data_config_names": "metaworld",
+                                         "embodiment_tags": "metaworld", "wieght": 2}}))
+    assert cli.check_main(["--dataset_config_file", str(bad)]) == 1
+    assert "unknown key(s) ['wieght']" in capsys.readouterr().err
+    unknown = tmp_path / "unknown.yaml"
+    unknown.write_text(yaml.safe_dump({"g": {"dataset_names": ["not_registered_anywhere"],
+                                             "data_config_names": "metaworld", "embodiment_tags": "metaworld"}}))
+    assert cli.check_main(["--dataset_config_file", str(unknown)]) == 1
+    assert "unknown dataset 'not_registered_anywhere'" in capsys.readouterr().err
+
+
+def test_stats_prints_and_writes_metadata(fixture_yaml, tmp_path, capsys):
+    out_dir = tmp_path / "meta"
+    rc = cli.stats_main(["--dataset_config_file", fixture_yaml("metaworld"), "--cache_dir", str(tmp_path / "c"),
+                         "--output_dir", str(out_dir)])
+    captured = capsys.readouterr()
+    assert rc == 0
+    assert "111 frames" in captured.out and "state.eef_position" in captured.out and "q99=" in captured.out
+    document = json.loads((out_dir / "grp_metadata.json").read_text())
+    assert "eef_position" in document["grp"]["statistics"]["state"]
