@@ -1,0 +1,376 @@
+"""The Being-H0.5 policy model: InternViT + connector + Qwen3 MoT (VLM + action expert) + flow-matching head.
+
+Input is a `PackedBatch`. Text and image tokens form the "und" stream (VLM weights), each sample's state
+token and action tokens form the "gen" stream (expert weights); one joint attention per layer under the
+per-sample document mask. Parameter names match the released Being-H05 checkpoints.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from beingh.batch import PackedBatch
+from beingh.model.action_head import ActionEncoder, SimpleMLP
+from beingh.model.attention import AttentionMask, TokenMeta, sample_ids_from_lens
+from beingh.model.config import BeingHConfig
+from beingh.model.flow import interpolate, masked_mse, sample_time, time_buckets
+from beingh.model.mot import AttentionInputs, KVCache, MoTForCausalLM, StreamLayout
+from beingh.model.mpg import MPGEnhancement
+from beingh.model.rtc import fit_prefix, prefix_mask, sample_delays
+from beingh.model.vision import InternVisionModel, InternVLConnector, image_tokens
+
+HEAD_MODULES = (
+    "proprio_encoder_robot",
+    "action_encoder",
+    "action_decoder",
+    "action_to_vlm_proj",
+    "vlm_to_action_proj",
+)
+
+
+@dataclass
+class BeingHOutput:
+    loss: torch.Tensor
+    action_loss: torch.Tensor
+    metrics: dict[str, torch.Tensor]
+    """Detached scalars for logging (no host sync happens inside the model)."""
+
+
+@dataclass
+class _Prefix:
+    """Everything before the action tokens, embedded once per batch."""
+
+    h_und: torch.Tensor  # (N_und, d_vlm) text then image tokens
+    und_index: torch.Tensor  # (N_und,) their pack positions
+    state: torch.Tensor  # (B, d_expert) state-token features
+    meta: TokenMeta  # mask facts of every pack position
+
+
+class BeingH(nn.Module):
+    def __init__(self, config: BeingHConfig):
+        super().__init__()
+        self.config = config
+        dv, da, u = config.llm.hidden_size, config.expert.hidden_size, config.unified_dim
+        self.vit_model = InternVisionModel(config.vit, config.force_image_size, config.select_layer)
+        self.connector = InternVLConnector(config.vit.hidden_size, dv, config.downsample_ratio)
+        self.language_model = MoTForCausalLM(config.llm, config.expert)
+        self.proprio_encoder_robot = SimpleMLP(u, da, da)
+        self.action_encoder = ActionEncoder(u, da)
+        self.action_decoder = SimpleMLP(da, da, u)
+        if config.use_mpg:
+            self.action_to_vlm_proj = nn.Linear(da, dv)
+            self.vlm_to_action_proj = nn.Linear(dv, da)
+            self.mpg = MPGEnhancement(dv, da, dv, config.mpg_num_projections, config.mpg_seed)
+        self.init_weights()
+        self.set_gradient_checkpointing(config.gradient_checkpointing)
+
+    # ---- construction helpers --------------------------------------------------------------------
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """HF-Qwen3 init for the decoder (N(0, 0.02), unit norms), Xavier for the action head (as the
+        original's `_init_weights`), PyTorch defaults for the ViT, connector and MPG. Also materialises a
+        model built on the meta device after `to_empty`."""
+        for module in self.modules():
+            if module is not self and hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+        for module in self.language_model.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                module.weight.normal_(0.0, 0.02)
+            elif hasattr(module, "weight") and module.weight.ndim == 1:
+                module.weight.fill_(1.0)
+        emb = self.vit_model.embeddings
+        emb.class_embedding.normal_(0.0, 0.02)
+        emb.position_embedding.normal_(0.0, 0.02)
+        for layer in self.vit_model.encoder.layers:
+            layer.ls1.fill_(self.config.vit.initializer_factor)
+            layer.ls2.fill_(self.config.vit.initializer_factor)
+        for name in HEAD_MODULES:
+            for module in getattr(self, name, nn.Identity()).modules():
+                if isinstance(module, nn.Linear):
+                    nn.init.xavier_uniform_(module.weight)
+                    nn.init.zeros_(module.bias)
+
+    def set_gradient_checkpointing(self, enabled: bool) -> None:
+        """Non-reentrant activation checkpointing of every ViT layer and every decoder layer."""
+        self.vit_model.encoder.gradient_checkpointing = enabled
+        self.language_model.model.gradient_checkpointing = enabled
+
+    def fsdp_units(self) -> list[nn.Module]:
+        """Modules to `fully_shard` one by one (then the root): ViT blocks and decoder layers."""
+        return [*self.vit_model.encoder.layers, *self.language_model.model.layers]
+
+    def compile_for_inference(self) -> None:
+        """torch.compile every ViT and decoder layer with dynamic shapes (prefix pass and action steps differ)."""
+        for layer in self.fsdp_units():
+            layer.compile(dynamic=True)
+
+    # ---- shared pieces of training and sampling -----------------------------------------------------
+    def _check_batch(self, batch: PackedBatch) -> None:
+        b, t = batch.action.shape[:2]
+        if t != self.config.action_chunk_length:
+            raise ValueError(
+                f"batch chunk length {t} != config.action_chunk_length {self.config.action_chunk_length}"
+            )
+        if tuple(batch.action_indexes.shape) != (b, t) or tuple(batch.state_indexes.shape) != (b,):
+            raise ValueError(
+                f"batch has {b} samples but action_indexes {tuple(batch.action_indexes.shape)} / "
+                f"state_indexes {tuple(batch.state_indexes.shape)}"
+            )
+        if sum(batch.sample_lens) != batch.num_tokens:
+            raise ValueError(
+                f"sum(sample_lens)={sum(batch.sample_lens)} != number of tokens {batch.num_tokens}"
+            )
+
+    def _embed_prefix(self, batch: PackedBatch) -> _Prefix:
+        embed = self.language_model.model.embed_tokens
+        text = embed(batch.input_ids[batch.text_indexes])
+        parts, index = [text], [batch.text_indexes]
+        if batch.pixel_values.shape[0] > 0:
+            vision = image_tokens(
+                self.vit_model, self.connector, batch.pixel_values, self.config.downsample_ratio
+            )
+            if vision.shape[0] != batch.image_token_indexes.shape[0]:
+                raise ValueError(
+                    f"{batch.pixel_values.shape[0]} images give {vision.shape[0]} tokens but the batch has "
+                    f"{batch.image_token_indexes.shape[0]} image_token_indexes "
+                    f"({self.config.tokens_per_image} per image expected)"
+                )
+            parts.append(vision.to(text.dtype))
+            index.append(batch.image_token_indexes)
+        state = self.proprio_encoder_robot(batch.state.to(self.proprio_encoder_robot.layer1.weight.dtype))
+        device = batch.input_ids.device
+        meta = TokenMeta(
+            sample_ids_from_lens(batch.sample_lens, device),
+            torch.arange(batch.num_tokens, device=device),
+            batch.segment_ids,
+        )
+        return _Prefix(torch.cat(parts), torch.cat(index), state, meta)
+
+    def _action_features(
+        self, x_t: torch.Tensor, t_tok: torch.Tensor, state: torch.Tensor, clean_actions: torch.Tensor | None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Action-token inputs (B, T, d_expert); with MPG, the gated round trip through the VLM width."""
+        cfg = self.config
+        features = self.action_encoder(x_t, time_buckets(t_tok, cfg.num_timestep_buckets))
+        if not cfg.mpg_active:
+            return features, {}
+        if not hasattr(self, "mpg"):
+            raise ValueError(
+                "config enables MPG (use_mpg, mpg_lambda > 0) but the model was built without MPG modules; "
+                "build it with use_mpg=True or load a checkpoint that has mpg.* weights"
+            )
+        clean_emb = None
+        if clean_actions is not None:
+            with torch.set_grad_enabled(torch.is_grad_enabled() and not cfg.mpg_use_stop_gradient):
+                full = torch.full(
+                    clean_actions.shape[:2], cfg.num_timestep_buckets, device=clean_actions.device
+                )
+                clean_emb = self.action_encoder(clean_actions, full)
+        obs = self.action_to_vlm_proj(torch.cat([state[:, None].to(features.dtype), features], dim=1))
+        enhanced, gate, distance = self.mpg(
+            obs, clean_emb, cfg.mpg_lambda, cfg.mpg_gate_temperature, cfg.mpg_use_stop_gradient
+        )
+        return self.vlm_to_action_proj(enhanced[:, 1:]), {
+            "mpg_gate": gate.mean(),
+            "mpg_distance": distance.mean(),
+        }
+
+    def _decode(
+        self,
+        batch: PackedBatch,
+        meta: TokenMeta,
+        h_und: torch.Tensor,
+        und_index: torch.Tensor,
+        h_gen: torch.Tensor,
+        gen_index: torch.Tensor,
+        cache: KVCache | None = None,
+    ) -> torch.Tensor:
+        """Runs the MoT decoder over the given tokens; returns the final-normed gen-stream states."""
+        llm = self.config.llm
+        layout, attn_pos = StreamLayout.build(
+            und_index, gen_index, batch.position_ids, llm.head_dim, llm.rope_theta
+        )
+        q_meta = meta.select(attn_pos)
+        k_meta = TokenMeta.cat([cache.meta, q_meta]) if cache is not None and cache.frozen else q_meta
+        if cache is not None and not cache.frozen:
+            cache.meta = q_meta
+        mask = AttentionMask(q_meta, k_meta, self.config.attn_backend)
+        dtype = h_und.dtype
+        _, out_gen = self.language_model.model(h_und, h_gen.to(dtype), AttentionInputs(layout, mask, cache))
+        return out_gen
+
+    # ---- training ------------------------------------------------------------------------------------
+    def forward(
+        self,
+        batch: PackedBatch,
+        noise: torch.Tensor | None = None,
+        time: torch.Tensor | None = None,
+        rtc_delay: torch.Tensor | None = None,
+    ) -> BeingHOutput:
+        """Flow-matching loss on the action chunks of a pack.
+
+        noise (B, T, 200), time (B,) and rtc_delay (B,) int are drawn inside only when not given. RTC
+        delays are drawn only in training mode with `use_training_time_rtc`; otherwise they are 0.
+        """
+        self._check_batch(batch)
+        cfg = self.config
+        b, t = batch.action.shape[:2]
+        device = batch.action.device
+        actions = batch.action.float()
+        noise = (
+            torch.randn_like(actions) if noise is None else _checked("noise", noise, actions.shape).float()
+        )
+        time = sample_time(cfg, b, device) if time is None else _checked("time", time, (b,)).float()
+        if rtc_delay is not None:
+            rtc_delay = _checked("rtc_delay", rtc_delay, (b,)).long()
+        else:
+            max_delay = cfg.simulated_delay if cfg.use_training_time_rtc and self.training else 0
+            rtc_delay = sample_delays(b, max_delay, cfg.rtc_delay_exp_weight, t, device)
+        committed = prefix_mask(rtc_delay, t)
+        t_tok = torch.where(committed, torch.ones_like(actions[..., 0]), time[:, None].expand(b, t))
+        x_t, target = interpolate(actions, noise, t_tok)
+
+        prefix = self._embed_prefix(batch)
+        features, metrics = self._action_features(x_t, t_tok, prefix.state, clean_actions=actions)
+        h_gen = torch.cat([prefix.state, features.reshape(b * t, -1).to(prefix.state.dtype)])
+        gen_index = torch.cat([batch.state_indexes, batch.action_indexes.reshape(-1)])
+        out_gen = self._decode(batch, prefix.meta, prefix.h_und, prefix.und_index, h_gen, gen_index)
+        velocity = self.action_decoder(out_gen[b:]).view(b, t, -1)
+
+        action_loss = masked_mse(velocity, target, batch.action_mask & ~committed[..., None])
+        metrics = {
+            "action_loss": action_loss.detach(),
+            "rtc_delay_mean": rtc_delay.float().mean(),
+            "flow_time_mean": time.mean(),
+            **metrics,
+        }
+        return BeingHOutput(loss=action_loss, action_loss=action_loss, metrics=metrics)
+
+    # ---- inference -----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def sample_actions(
+        self,
+        batch: PackedBatch,
+        num_steps: int | None = None,
+        noise: torch.Tensor | None = None,
+        prefix_actions: torch.Tensor | None = None,
+        prefix_len: torch.Tensor | int = 0,
+        use_cache: bool = True,
+    ) -> torch.Tensor:
+        """Euler-integrate the flow from noise (t=0) to actions (t=1) for every sample of the pack.
+
+        Returns (B, T, 200) fp32 normalized unified actions. With `prefix_actions` (B, T', 200) and
+        `prefix_len` (int or (B,)), the first `prefix_len` steps are locked to the previous chunk (RTC
+        prefix overwrite: encoded at t=1, returned exactly). With `use_cache`, text/images/state are run
+        once into a per-layer K/V cache and each Euler step runs only the action tokens (expert weights);
+        this works for any number of packed samples. With MPG, `1 + mpg_refinement_iters` passes are run
+        from the same noise, each gated by the previous pass's result.
+        """
+        self._check_batch(batch)
+        cfg = self.config
+        b, t = batch.action.shape[:2]
+        device = batch.action.device
+        steps = num_steps or cfg.num_inference_timesteps
+        shape = (b, t, cfg.unified_dim)
+        noise = (
+            torch.randn(shape, device=device) if noise is None else _checked("noise", noise, shape).float()
+        )
+        locked = torch.zeros((b, t, 1), dtype=torch.bool, device=device)
+        locked_values = torch.zeros(shape, device=device)
+        if prefix_actions is not None:
+            _checked("prefix_actions", prefix_actions, (b, None, cfg.unified_dim))
+            locked_values = fit_prefix(prefix_actions.to(device).float(), t)
+            delays = torch.as_tensor(prefix_len, device=device).long().expand(b)
+            locked = prefix_mask(delays, t)[..., None]
+        elif not (isinstance(prefix_len, int) and prefix_len == 0):
+            raise ValueError("prefix_len is set but prefix_actions is None")
+
+        prefix = self._embed_prefix(batch)
+        velocity = self._cached_velocity(batch, prefix) if use_cache else self._full_velocity(batch, prefix)
+        clean = None
+        for _ in range(1 + cfg.mpg_refinement_iters if cfg.mpg_active else 1):
+            x = torch.where(locked, locked_values, noise)
+            for k in range(steps):
+                t_tok = torch.where(locked[..., 0], 1.0, k / steps)
+                x = torch.where(locked, locked_values, x + velocity(x, t_tok, clean).float() / steps)
+            clean = x
+        return x
+
+    def _full_velocity(self, batch: PackedBatch, prefix: _Prefix):
+        """Velocity function that reruns the whole pack (reference path for the cache)."""
+        b, t = batch.action.shape[:2]
+        gen_index = torch.cat([batch.state_indexes, batch.action_indexes.reshape(-1)])
+
+        def velocity(x: torch.Tensor, t_tok: torch.Tensor, clean: torch.Tensor | None) -> torch.Tensor:
+            features, _ = self._action_features(x, t_tok, prefix.state, clean)
+            h_gen = torch.cat([prefix.state, features.reshape(b * t, -1).to(prefix.state.dtype)])
+            out_gen = self._decode(batch, prefix.meta, prefix.h_und, prefix.und_index, h_gen, gen_index)
+            return self.action_decoder(out_gen[b:]).view(b, t, -1)
+
+        return velocity
+
+    def _cached_velocity(self, batch: PackedBatch, prefix: _Prefix):
+        """Velocity function over a K/V cache of everything but the action tokens (exact under the mask)."""
+        b, t = batch.action.shape[:2]
+        action_index = batch.action_indexes.reshape(-1)
+        action_segments = batch.segment_ids[action_index]
+        other = torch.ones(batch.num_tokens, dtype=torch.bool, device=action_index.device)
+        other[action_index] = False
+        shared = torch.isin(batch.segment_ids[other], action_segments[action_segments >= 0])
+        if bool(shared.any()):
+            raise ValueError("an action segment also holds non-action tokens; sample with use_cache=False")
+        cache = KVCache(self.config.llm.num_hidden_layers)
+        self._decode(
+            batch, prefix.meta, prefix.h_und, prefix.und_index, prefix.state, batch.state_indexes, cache
+        )
+        cache.frozen = True
+        no_und = prefix.h_und[:0]
+
+        def velocity(x: torch.Tensor, t_tok: torch.Tensor, clean: torch.Tensor | None) -> torch.Tensor:
+            features, _ = self._action_features(x, t_tok, prefix.state, clean)
+            out_gen = self._decode(
+                batch,
+                prefix.meta,
+                no_und,
+                prefix.und_index[:0],
+                features.reshape(b * t, -1),
+                action_index,
+                cache,
+            )
+            return self.action_decoder(out_gen).view(b, t, -1)
+
+        return velocity
+
+    # ---- persistence ---------------------------------------------------------------------------------
+    def save_pretrained(self, out_dir: str | Path) -> None:
+        """Write `config.json` (release layout) and `model.safetensors` (release parameter names)."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        self.config.save(out / "config.json")
+        state = {k: v.detach().to("cpu").contiguous() for k, v in self.state_dict().items()}
+        save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
+
+    @classmethod
+    def from_pretrained(cls, ckpt_dir: str | Path, map_location: str | torch.device = "cpu") -> BeingH:
+        """Load our checkpoints and the original's release folders (strict: any key mismatch raises)."""
+        from beingh.model.loading import load_checkpoint
+
+        ckpt = Path(ckpt_dir)
+        config = BeingHConfig.load(ckpt / "config.json")
+        with torch.device("meta"):
+            model = cls(config)
+        load_checkpoint(model, ckpt)
+        return model.to(map_location)
+
+
+def _checked(name: str, tensor: torch.Tensor, shape: tuple[int | None, ...]) -> torch.Tensor:
+    """`tensor` if its shape matches (None = any size), else a ValueError naming the argument."""
+    ok = tensor.ndim == len(shape) and all(e is None or e == d for e, d in zip(shape, tensor.shape))
+    if not ok:
+        raise ValueError(f"{name} has shape {tuple(tensor.shape)}, expected {shape}")
+    return tensor

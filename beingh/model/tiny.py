@@ -1,0 +1,262 @@
+"""Tiny configurations and weight folders in the real formats, for tests and the CPU demo.
+
+`write_tiny_internvl_folder` / `write_tiny_qwen3_folder` write config.json + model.safetensors with random
+weights under the ORIGINAL key names, so `build_model`/`init_expert` run exactly as on real folders.
+Tokenizers are not written here (the model package does not import `beingh.data`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from beingh.batch import PackedBatch
+from beingh.model.config import BeingHConfig, ExpertConfig, LLMConfig, VisionConfig
+
+
+def tiny_config(**overrides) -> BeingHConfig:
+    """A few-thousand-parameter model with the real structure (56 px views -> 4 tokens per view)."""
+    base = BeingHConfig(
+        llm=LLMConfig(
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=16,
+            vocab_size=512,
+            max_position_embeddings=4096,
+        ),
+        expert=ExpertConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2),
+        vit=VisionConfig(
+            hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=56
+        ),
+        force_image_size=56,
+    )
+    return base.with_overrides(overrides)
+
+
+def _random_state(shapes: dict[str, tuple[int, ...]], seed: int) -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    state = {}
+    for name, shape in shapes.items():
+        if name.endswith("weight") and len(shape) == 1:  # norm scales
+            state[name] = 1.0 + 0.1 * torch.randn(shape, generator=gen)
+        else:
+            state[name] = 0.05 * torch.randn(shape, generator=gen)
+    return state
+
+
+def _qwen3_shapes(llm: LLMConfig, hidden: int, intermediate: int, prefix: str) -> dict[str, tuple[int, ...]]:
+    q, kv = llm.num_attention_heads * llm.head_dim, llm.num_key_value_heads * llm.head_dim
+    shapes = {f"{prefix}embed_tokens.weight": (llm.vocab_size, hidden), f"{prefix}norm.weight": (hidden,)}
+    for i in range(llm.num_hidden_layers):
+        p = f"{prefix}layers.{i}."
+        shapes.update(
+            {
+                p + "self_attn.q_proj.weight": (q, hidden),
+                p + "self_attn.k_proj.weight": (kv, hidden),
+                p + "self_attn.v_proj.weight": (kv, hidden),
+                p + "self_attn.o_proj.weight": (hidden, q),
+                p + "self_attn.q_norm.weight": (llm.head_dim,),
+                p + "self_attn.k_norm.weight": (llm.head_dim,),
+                p + "mlp.gate_proj.weight": (intermediate, hidden),
+                p + "mlp.up_proj.weight": (intermediate, hidden),
+                p + "mlp.down_proj.weight": (hidden, intermediate),
+                p + "input_layernorm.weight": (hidden,),
+                p + "post_attention_layernorm.weight": (hidden,),
+            }
+        )
+    return shapes
+
+
+def _qwen3_config(llm: LLMConfig, hidden: int, intermediate: int, layers: int, eps: float) -> dict:
+    return {
+        "architectures": ["Qwen3ForCausalLM"],
+        "model_type": "qwen3",
+        **asdict(llm),
+        "hidden_size": hidden,
+        "intermediate_size": intermediate,
+        "num_hidden_layers": layers,
+        "rms_norm_eps": eps,
+        "hidden_act": "silu",
+        "attention_bias": False,
+        "tie_word_embeddings": False,
+    }
+
+
+def write_tiny_internvl_folder(
+    path: str | Path, config: BeingHConfig | None = None, image_size: int = 112, seed: int = 0
+) -> Path:
+    """An InternVL3.5-format folder for `config`'s LLM/ViT shapes, its ViT position table stored at
+    `image_size` (so loading exercises the bicubic resize to `force_image_size`)."""
+    config = config or tiny_config()
+    llm, vit = config.llm, config.vit
+    out = Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+    vit_cfg = replace(vit, image_size=image_size)
+    d, grid = vit.hidden_size, image_size // vit.patch_size
+    shapes: dict[str, tuple[int, ...]] = {
+        "vision_model.embeddings.class_embedding": (1, 1, d),
+        "vision_model.embeddings.position_embedding": (1, grid * grid + 1, d),
+        "vision_model.embeddings.patch_embedding.weight": (
+            d,
+            vit.num_channels,
+            vit.patch_size,
+            vit.patch_size,
+        ),
+        "vision_model.embeddings.patch_embedding.bias": (d,),
+    }
+    for i in range(vit.num_hidden_layers):
+        p = f"vision_model.encoder.layers.{i}."
+        shapes.update(
+            {
+                p + "ls1": (d,),
+                p + "ls2": (d,),
+                p + "attn.qkv.weight": (3 * d, d),
+                p + "attn.qkv.bias": (3 * d,),
+                p + "attn.proj.weight": (d, d),
+                p + "attn.proj.bias": (d,),
+                p + "mlp.fc1.weight": (vit.intermediate_size, d),
+                p + "mlp.fc1.bias": (vit.intermediate_size,),
+                p + "mlp.fc2.weight": (d, vit.intermediate_size),
+                p + "mlp.fc2.bias": (d,),
+                p + "norm1.weight": (d,),
+                p + "norm1.bias": (d,),
+                p + "norm2.weight": (d,),
+                p + "norm2.bias": (d,),
+            }
+        )
+    width = d * int(1 / config.downsample_ratio) ** 2
+    shapes.update(
+        {
+            "mlp1.0.weight": (width,),
+            "mlp1.0.bias": (width,),
+            "mlp1.1.weight": (llm.hidden_size, width),
+            "mlp1.1.bias": (llm.hidden_size,),
+            "mlp1.3.weight": (llm.hidden_size, llm.hidden_size),
+            "mlp1.3.bias": (llm.hidden_size,),
+            "language_model.lm_head.weight": (llm.vocab_size, llm.hidden_size),
+        }
+    )
+    shapes.update(_qwen3_shapes(llm, llm.hidden_size, llm.intermediate_size, "language_model.model."))
+    save_file(_random_state(shapes, seed), str(out / "model.safetensors"), metadata={"format": "pt"})
+    llm_config = _qwen3_config(
+        llm, llm.hidden_size, llm.intermediate_size, llm.num_hidden_layers, llm.rms_norm_eps
+    )
+    vision_config = {
+        "architectures": ["InternVisionModel"],
+        "model_type": "intern_vit_6b",
+        **asdict(vit_cfg),
+        "hidden_act": "gelu",
+        "norm_type": "layer_norm",
+        "qk_normalization": False,
+    }
+    meta = {
+        "architectures": ["InternVLChatModel"],
+        "model_type": "internvl_chat",
+        "downsample_ratio": config.downsample_ratio,
+        "select_layer": config.select_layer,
+        "force_image_size": image_size,
+        "template": "internvl2_5",
+        "llm_config": llm_config,
+        "vision_config": vision_config,
+    }
+    (out / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return out
+
+
+def write_tiny_qwen3_folder(path: str | Path, config: BeingHConfig | None = None, seed: int = 1) -> Path:
+    """A Qwen3 folder with `config.expert`'s width and depth and the LLM's head geometry (like Qwen3-0.6B
+    next to Qwen3-1.7B), so every weight fits the `_mot_gen` twins."""
+    config = config or tiny_config()
+    llm, expert = config.llm, config.expert
+    out = Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+    shapes = _qwen3_shapes(llm, expert.hidden_size, expert.intermediate_size, "model.")
+    shapes["lm_head.weight"] = (llm.vocab_size, expert.hidden_size)
+    save_file(_random_state(shapes, seed), str(out / "model.safetensors"), metadata={"format": "pt"})
+    cfg = _qwen3_config(
+        llm, expert.hidden_size, expert.intermediate_size, expert.num_hidden_layers, expert.rms_norm_eps
+    )
+    (out / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    return out
+
+
+def synthetic_packed_batch(
+    config: BeingHConfig,
+    num_views: list[int],
+    text_lens: tuple[int, int] = (6, 4),
+    active_dims: int = 8,
+    seed: int = 0,
+    full_image_segments: bool = False,
+) -> PackedBatch:
+    """A valid pack with one sample per entry of `num_views`, laid out as the being_h0 prompt
+    (text, `<img>` + image tokens + `</img>` per view, `<|state_start|>` state `<|state_end|>`, text,
+    T action tokens, `<|im_end|>`), with random ids/images/states and smooth random action targets on the
+    first `active_dims` unified dims. For tests and benchmarks (no tokenizer involved)."""
+    gen = torch.Generator().manual_seed(seed)
+    t, u, tpi, size = (
+        config.action_chunk_length,
+        config.unified_dim,
+        config.tokens_per_image,
+        config.force_image_size,
+    )
+    ids, pos, seg, text_idx, img_idx, state_idx, action_idx, lens = [], [], [], [], [], [], [], []
+    next_segment = 0
+
+    def add(kind: str, count: int, segment: int = -1) -> list[int]:
+        start = len(ids)
+        for _ in range(count):
+            ids.append(
+                int(torch.randint(10, config.llm.vocab_size, (1,), generator=gen)) if kind == "text" else 0
+            )
+            pos.append(len(ids) - 1 - sample_start)
+            seg.append(segment)
+        where = list(range(start, start + count))
+        {"text": text_idx, "image": img_idx, "state": state_idx, "action": action_idx}[kind].extend(where)
+        return where
+
+    for views in num_views:
+        sample_start = len(ids)
+        add("text", text_lens[0])
+        for _ in range(views):
+            segment = next_segment if full_image_segments else -1
+            next_segment += full_image_segments
+            add("text", 1, segment)
+            add("image", tpi, segment)
+            add("text", 1, segment)
+        add("text", 1)
+        add("state", 1)
+        add("text", 1 + text_lens[1])
+        add("action", t)
+        add("text", 1)
+        lens.append(len(ids) - sample_start)
+    b = len(num_views)
+    n_img = sum(num_views)
+    steps = torch.linspace(0, 1, t)[None, :, None]
+    action = torch.zeros(b, t, u)
+    action[..., :active_dims] = torch.sin(3 * steps + torch.rand(b, 1, active_dims, generator=gen) * 6)
+    mask = torch.zeros(b, t, u, dtype=torch.bool)
+    mask[..., :active_dims] = True
+    state = torch.zeros(b, u)
+    state[:, :active_dims] = torch.randn(b, active_dims, generator=gen)
+    return PackedBatch(
+        input_ids=torch.tensor(ids, dtype=torch.long),
+        position_ids=torch.tensor(pos, dtype=torch.long),
+        sample_lens=lens,
+        segment_ids=torch.tensor(seg, dtype=torch.long),
+        text_indexes=torch.tensor(text_idx, dtype=torch.long),
+        pixel_values=torch.randn(n_img, 3, size, size, generator=gen),
+        image_token_indexes=torch.tensor(img_idx, dtype=torch.long),
+        state=state,
+        state_indexes=torch.tensor(state_idx, dtype=torch.long),
+        action=action,
+        action_mask=mask,
+        action_indexes=torch.tensor(action_idx, dtype=torch.long).view(b, t),
+        embodiment_ids=torch.zeros(b, dtype=torch.long),
+    )
