@@ -1,0 +1,129 @@
+"""Training arguments: every argument of TRAINING_GUIDE.md with the same name and default; errors."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from beingh.train.args import ArgumentError, build_parser, parse_args, str2bool
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+GUIDE = REPO_ROOT.parent / "shared" / "reference" / "TRAINING_GUIDE.md"
+ROW = re.compile(r"^\|\s*`--(?P<name>\w+)`\s*\|(?P<rest>.*)\|\s*$")
+
+
+def guide_arguments() -> dict[str, str | None]:
+    """{argument: default as written in the guide, or None when the table has no default column / '-'}."""
+    if not GUIDE.is_file():
+        pytest.fail(f"training guide not found at {GUIDE}")
+    found: dict[str, str | None] = {}
+    for line in GUIDE.read_text().splitlines():
+        match = ROW.match(line.strip())
+        if not match:
+            continue
+        cells = [c.strip() for c in match["rest"].split("|")]
+        default = cells[0].strip("`") if len(cells) == 2 else None
+        found[match["name"]] = None if default in (None, "-") else default
+    return found
+
+
+def _as_python(text: str, like: object) -> object:
+    if isinstance(like, bool):
+        return str2bool(text)
+    if isinstance(like, int):
+        return int(text)
+    if isinstance(like, float):
+        return float(text)
+    return text
+
+
+@pytest.fixture()
+def minimal(tmp_path: Path) -> list[str]:
+    yaml_file = tmp_path / "data.yaml"
+    yaml_file.write_text("g: {}\n")
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "config.json").write_text("{}")
+    (ckpt / "model.safetensors").write_bytes(b"")
+    return [
+        "--dataset_config_file", str(yaml_file), "--output_dir", str(tmp_path / "out"),
+        "--resume_from", str(ckpt), "--resume_model_only", "True", "--max_steps", "10",
+    ]  # fmt: skip
+
+
+def test_guide_tables_parsed():
+    args = guide_arguments()
+    assert len(args) >= 40
+    assert args["learning_rate"] == "1e-4" and args["max_steps"] is None and args["mllm_path"] is None
+
+
+def test_every_guide_argument_has_the_guide_default(minimal):
+    parsed = parse_args(minimal)
+    values = {name: value for group in parsed.to_dict().values() for name, value in group.items()}
+    explicit = {"dataset_config_file", "output_dir", "resume_from", "resume_model_only", "max_steps"}
+    for name, default in guide_arguments().items():
+        assert name in values, f"--{name} from the guide is not an argument"
+        if default is None or name in explicit:
+            continue
+        assert values[name] == _as_python(default, values[name]), (
+            f"--{name}: {values[name]!r} != guide {default}"
+        )
+    assert parsed.training.max_grad_norm == 1.0
+    assert parsed.logging_dir == parsed.output_dir / "tensorboard"
+
+
+def test_help_lists_groups_with_descriptions():
+    text = build_parser().format_help()
+    for title in ("Required / paths", "Training", "Model", "Data", "Sequence", "Freeze", "MPG", "RTC"):
+        assert f"\n{title}:" in text
+    assert "Sliced Wasserstein projections" in text
+    assert "(required)" in text
+
+
+def test_boolean_spellings(minimal):
+    assert parse_args([*minimal, "--freeze_vit"]).freeze.freeze_vit is True
+    assert parse_args([*minimal, "--freeze_vit", "True"]).freeze.freeze_vit is True
+    assert parse_args([*minimal, "--use_mpg", "False"]).mpg.use_mpg is False
+    with pytest.raises(SystemExit):
+        parse_args([*minimal, "--use_mpg", "maybe"])
+
+
+def test_unknown_argument_is_rejected(minimal, capsys):
+    with pytest.raises(SystemExit):
+        parse_args([*minimal, "--learning_rat", "1e-3"])
+    assert "unrecognized arguments: --learning_rat" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--expected_num_tokens", "9000", "--max_num_tokens", "8704"], "exceeds --max_num_tokens"),
+        (["--save_steps", "0"], "--save_steps must be > 0"),
+        (["--max_steps", "0"], "--max_steps must be > 0"),
+        (["--warmup_ratio", "1.5"], "--warmup_ratio"),
+        (["--use_training_time_rtc", "True"], "--simulated_delay >= 1"),
+        (["--use_flow_matching", "False"], "not supported"),
+        (["--resume_model_only", "False"], "--resume_model_only True"),
+        (["--mllm_path", "/nonexistent/internvl"], "--mllm_path: folder not found"),
+    ],
+)
+def test_contradictions_are_clear_errors(minimal, extra, message):
+    with pytest.raises(ArgumentError, match=re.escape(message)):
+        parse_args([*minimal, *extra])
+
+
+def test_model_source_and_data_file_are_required(minimal, tmp_path):
+    without_model = minimal[:4] + minimal[8:]
+    with pytest.raises(ArgumentError, match="--mllm_path"):
+        parse_args(without_model)
+    with pytest.raises(ArgumentError, match="dataset_config_file: file not found"):
+        parse_args(["--dataset_config_file", str(tmp_path / "none.yaml"), *minimal[2:]])
+
+
+def test_cli_reports_errors_without_traceback(minimal, capsys):
+    from beingh.train.cli import main
+
+    assert main([*minimal, "--save_steps", "-1"]) == 2
+    assert "beingh train: error: --save_steps must be > 0" in capsys.readouterr().err
