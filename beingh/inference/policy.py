@@ -1,0 +1,312 @@
+"""`BeingHPolicy`: one observation dict in, one unnormalized action chunk out (reference/guide_inference.md).
+
+The observation goes through exactly the code that built training samples: the eval image transform,
+the `EmbodimentTransform` of the data config with the checkpoint's metadata, the same `PromptBuilder`
+(one `<img>` block per view) and `pack_samples`. The model encodes the prompt once (prefix KV cache)
+and runs only the action expert at each flow step. With RTC on, the committed start of the chunk is
+locked to what the robot executes while the chunk is computed (`beingh.inference.rtc`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from beingh.data.embodiment import BaseDataConfig, embodiment_id, get_data_config
+from beingh.data.image import build_image_transform
+from beingh.data.metadata import find_metadata_file, load_metadata
+from beingh.data.packing import pack_samples
+from beingh.data.prompt import PromptBuilder
+from beingh.data.sample import RobotSample
+from beingh.data.tokenizer import load_tokenizer
+from beingh.data.transforms import EmbodimentTransform
+from beingh.inference.protocol import ObservationError
+from beingh.inference.rtc import RTCPrefix, RTCState, rtc_mode, stateless_prefix
+from beingh.model.beingh import BeingH
+
+logger = logging.getLogger(__name__)
+
+INSTRUCTION_KEY = "language.instruction"
+RTC_KEYS = ("prev_chunk", "inference_delay", "executed_steps")
+"""Optional observation keys that steer RTC instead of being model inputs."""
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def inference_views(data_config: BaseDataConfig) -> list[str]:
+    """The views the policy reads: all, the first (`use_fixed_view`), or the first `max_view_num`
+    (training draws that subset at random; at inference a fixed subset keeps calls reproducible)."""
+    if data_config.use_fixed_view or data_config.max_view_num == -1:
+        return data_config.select_views()
+    return list(data_config.VIDEO_KEYS[: data_config.max_view_num])
+
+
+class BeingHPolicy:
+    """A checkpoint ready to act: preprocessing, prefix-cached flow sampling, unnormalization, RTC.
+
+    `get_action` returns `action.<key>` arrays of shape (chunk, dim) float32 and, when `enable_rtc`,
+    `action_unified` (chunk, 200): the normalized unified chunk, which a stateless client sends back
+    as `prev_chunk` (shifted by what it executed) together with `inference_delay`.
+
+    Stateful RTC: tell the policy how many actions of the last chunk were executed, counted from the
+    chunk's first step (its locked prefix included: those steps ran from the previous chunk while this
+    one was computed), via `get_action(obs, executed_steps=k)` or `advance(k)`. The next chunk's first
+    d steps are then the last chunk's steps k..k+d-1. The delay d is `rtc_inference_delay` if given,
+    else the last inference wall time times `control_hz` (default: the dataset fps in the metadata).
+    `reset()` at every new episode. A loop that pauses the robot during inference (a simulator stepped
+    synchronously) executes nothing while the chunk is computed: declare `rtc_inference_delay=0` there,
+    or lock a few steps on purpose for smoother chunk transitions.
+
+    `model` (optional) is an already-built `BeingH` to use instead of loading `model_path`'s weights
+    (benchmarks with random weights); the tokenizer and metadata still come from `model_path`.
+    """
+
+    def __init__(
+        self,
+        model_path: str | Path,
+        data_config_name: str,
+        dataset_name: str,
+        embodiment_tag: str,
+        instruction_template: str,
+        metadata_variant: str | None = None,
+        stats_selection_mode: str = "auto",
+        device: str | None = None,
+        num_inference_timesteps: int | None = None,
+        enable_rtc: bool = True,
+        use_mpg: bool | None = None,
+        mpg_lambda: float | None = None,
+        rtc_inference_delay: int | None = None,
+        control_hz: float | None = None,
+        use_prefix_cache: bool = True,
+        max_view_num: int = -1,
+        use_fixed_view: bool = False,
+        compile: bool = False,
+        model: BeingH | None = None,
+    ):
+        self.model_path = Path(model_path)
+        if not self.model_path.is_dir():
+            raise FileNotFoundError(f"model_path is not a directory: {self.model_path}")
+        self.device = torch.device(device or default_device())
+        self.dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
+        self.data_config = get_data_config(data_config_name)(
+            embodiment_tag=embodiment_tag, use_fixed_view=use_fixed_view, max_view_num=max_view_num)
+        self.metadata_file = find_metadata_file(self.model_path, dataset_name)
+        self.dataset_metadata = load_metadata(self.metadata_file, dataset_name, metadata_variant,
+                                              stats_selection_mode)
+        self.transform = EmbodimentTransform(self.data_config, self.dataset_metadata)
+        self.video_keys = inference_views(self.data_config)
+        self.embodiment_id = embodiment_id(embodiment_tag)
+
+        self.model = self._prepare_model(model or BeingH.from_pretrained(self.model_path), use_mpg, mpg_lambda)
+        config = self.model.config
+        self.num_inference_timesteps = num_inference_timesteps or config.num_inference_timesteps
+        if self.num_inference_timesteps <= 0:
+            raise ValueError(f"num_inference_timesteps must be > 0, got {self.num_inference_timesteps}")
+        self.chunk_length = config.action_chunk_length
+        self.use_prefix_cache = use_prefix_cache
+        self.image_transform = build_image_transform(config.force_image_size, train=False)
+        self.prompt_builder = PromptBuilder(load_tokenizer(self.model_path), config.tokens_per_image,
+                                            self.chunk_length, prompt_template=instruction_template,
+                                            attn_mode=config.attn_mode)
+        if compile:
+            self._compile()
+
+        self.enable_rtc = enable_rtc
+        self.rtc_inference_delay = rtc_inference_delay
+        self.control_hz = control_hz or self.dataset_metadata.fps
+        self.rtc_mode = rtc_mode(config.use_training_time_rtc) if enable_rtc else "off"
+        self.rtc = self.new_rtc_state()
+        trained = "with" if config.use_training_time_rtc else "without"
+        logger.info("RTC: %s", f"{self.rtc_mode} (checkpoint trained {trained} training-time RTC)" if enable_rtc
+                    else "disabled (enable_rtc=False): chunks are sampled without a locked prefix")
+
+        self.metadata: dict[str, Any] = {
+            "model_path": str(self.model_path),
+            "data_config_name": data_config_name,
+            "dataset_name": dataset_name,
+            "metadata_variant": metadata_variant,
+            "embodiment_tag": embodiment_tag,
+            "video_keys": self.video_keys,
+            "state_keys": list(self.data_config.STATE_KEYS),
+            "action_keys": list(self.data_config.ACTION_KEYS),
+            "chunk_length": self.chunk_length,
+            "num_inference_timesteps": self.num_inference_timesteps,
+            "image_size": config.force_image_size,
+            "enable_rtc": enable_rtc,
+            "rtc_mode": self.rtc_mode,
+            "control_hz": self.control_hz,
+            "device": str(self.device),
+        }
+
+    # ---- construction helpers ----------------------------------------------------------------
+    def _prepare_model(self, model: BeingH, use_mpg: bool | None, mpg_lambda: float | None) -> BeingH:
+        overrides = {k: v for k, v in (("use_mpg", use_mpg), ("mpg_lambda", mpg_lambda)) if v is not None}
+        if overrides:
+            model.config = model.config.with_overrides(overrides)
+        if model.config.mpg_active and not hasattr(model, "mpg"):
+            raise ValueError(f"use_mpg/mpg_lambda enable MPG but {self.model_path} has no mpg.* weights "
+                             "(the checkpoint was trained without MPG)")
+        return model.to(device=self.device, dtype=self.dtype).eval()
+
+    def _compile(self) -> None:
+        if self.device.type != "cuda":
+            raise ValueError("compile=True is for CUDA devices; the CPU path runs eagerly")
+        self.model.compile_for_inference()
+
+    # ---- RTC state -----------------------------------------------------------------------------
+    def new_rtc_state(self) -> RTCState | None:
+        """A fresh chunk history (the server keeps one per connection); None when RTC is off."""
+        if not self.enable_rtc:
+            return None
+        if self.rtc_inference_delay is None and not self.control_hz:
+            raise ValueError("RTC needs rtc_inference_delay or control_hz (the metadata has no fps); "
+                             "pass one of them or enable_rtc=False")
+        return RTCState(self.chunk_length, self.control_hz, self.rtc_inference_delay)
+
+    def reset(self) -> None:
+        """Start a new episode: forget the previous chunk."""
+        if self.rtc is not None:
+            self.rtc.reset()
+
+    def advance(self, steps: int) -> None:
+        """Report that `steps` more actions of the last returned chunk were executed."""
+        if self.rtc is not None:
+            self.rtc.advance(steps)
+
+    # ---- inference -------------------------------------------------------------------------------
+    def get_action(
+        self,
+        observations: dict[str, Any],
+        executed_steps: int | None = None,
+        *,
+        inference_delay: int | None = None,
+        rtc_state: RTCState | None = None,
+        noise: torch.Tensor | np.ndarray | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Observation dict -> `{"action.<key>": (T, d) float32, ["action_unified": (T, 200)]}`.
+
+        Observation keys: `video.*` (H, W, 3) uint8 (a leading batch dim of 1 is accepted),
+        `state.*`, `language.instruction` (str or [str]); optional `executed_steps`,
+        `inference_delay` and `prev_chunk` (see the class docstring). `rtc_state` defaults to the
+        policy's own history. `noise` (T, 200) fixes the flow's starting point.
+        """
+        start = time.perf_counter()
+        obs = dict(observations)
+        rtc_args = {k: obs.pop(k) for k in RTC_KEYS if k in obs}
+        executed_steps = rtc_args.get("executed_steps", executed_steps)
+        inference_delay = rtc_args.get("inference_delay", inference_delay)
+        state = rtc_state if rtc_state is not None else self.rtc
+
+        sample, raw_state = self._build_sample(obs)
+        prefix = self._rtc_prefix(state, rtc_args.get("prev_chunk"), executed_steps, inference_delay)
+        chunk = self._sample_chunk(sample, prefix, noise)
+        if state is not None:
+            state.record(chunk, time.perf_counter() - start)
+        actions = self.transform.unified_to_actions(chunk, raw_state)
+        out = {key: np.asarray(value, dtype=np.float32) for key, value in actions.items()}
+        if self.enable_rtc:
+            out["action_unified"] = chunk
+        return out
+
+    def _rtc_prefix(self, state: RTCState | None, prev_chunk: Any, executed_steps: Any,
+                    inference_delay: Any) -> RTCPrefix | None:
+        if not self.enable_rtc:
+            return None
+        try:
+            if prev_chunk is not None:
+                if inference_delay is None:
+                    raise ValueError("prev_chunk needs inference_delay (control steps)")
+                return stateless_prefix(prev_chunk, _scalar(inference_delay), self.chunk_length)
+            if executed_steps is not None:
+                state.advance(_scalar(executed_steps))
+            return state.prefix(None if inference_delay is None else _scalar(inference_delay))
+        except ValueError as err:
+            raise ObservationError(f"RTC inputs: {err}") from err
+
+    def _build_sample(self, obs: dict[str, Any]) -> tuple[RobotSample, dict[str, np.ndarray]]:
+        images = [_image(obs, key) for key in self.video_keys]
+        raw_state = {key: _vector(obs, key) for key in self.data_config.STATE_KEYS}
+        try:
+            unified_state = self.transform.state_to_unified(raw_state)
+        except (KeyError, ValueError) as err:
+            raise ObservationError(f"state: {err}") from err
+        sample = RobotSample(
+            images=images,
+            state=unified_state,
+            action=np.zeros((self.chunk_length, unified_state.shape[-1]), dtype=np.float32),
+            action_mask=np.zeros((self.chunk_length, unified_state.shape[-1]), dtype=bool),
+            instruction=_instruction(obs),
+            embodiment_id=self.embodiment_id,
+        )
+        return sample, raw_state
+
+    @torch.inference_mode()
+    def _sample_chunk(self, sample: RobotSample, prefix: RTCPrefix | None,
+                      noise: torch.Tensor | np.ndarray | None) -> np.ndarray:
+        pixel_values = torch.stack([self.image_transform(image) for image in sample.images])
+        batch = pack_samples([self.prompt_builder.tokenize(sample, pixel_values)]).to(self.device)
+        batch.pixel_values = batch.pixel_values.to(self.dtype)
+        if noise is not None:
+            noise = torch.as_tensor(np.asarray(noise, dtype=np.float32)).reshape(1, self.chunk_length, -1)
+            noise = noise.to(self.device)
+        prefix_actions, prefix_len = None, 0
+        if prefix is not None:
+            prefix_actions = torch.from_numpy(prefix.actions)[None].to(self.device)
+            prefix_len = prefix.length
+        chunk = self.model.sample_actions(batch, num_steps=self.num_inference_timesteps, noise=noise,
+                                          prefix_actions=prefix_actions, prefix_len=prefix_len,
+                                          use_cache=self.use_prefix_cache)
+        return chunk[0].float().cpu().numpy()
+
+
+def _scalar(value: Any) -> Any:
+    """A one-element array (as `np.savez` or some clients send step counts) -> its Python value."""
+    if isinstance(value, np.ndarray) and value.size == 1:
+        return value.reshape(()).item()
+    return value
+
+
+def _image(obs: dict[str, Any], key: str) -> np.ndarray:
+    if key not in obs:
+        raise ObservationError(f"missing image {key!r}; observation has {sorted(obs)}")
+    image = obs[key]
+    if not isinstance(image, np.ndarray):
+        raise ObservationError(f"{key} must be a numpy uint8 array (H, W, 3), got {type(image).__name__}")
+    if image.ndim == 4 and image.shape[0] == 1:
+        image = image[0]
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8 or 0 in image.shape:
+        raise ObservationError(f"{key} must be (H, W, 3) uint8, got {image.dtype} {image.shape}")
+    return image
+
+
+def _vector(obs: dict[str, Any], key: str) -> np.ndarray:
+    if key not in obs:
+        raise ObservationError(f"missing state {key!r}; observation has {sorted(obs)}")
+    value = obs[key]
+    if isinstance(value, list | tuple | float | int) and not isinstance(value, bool):
+        value = np.asarray(value, dtype=np.float64)
+    if not isinstance(value, np.ndarray) or value.dtype.kind not in "biuf":
+        raise ObservationError(f"{key} must be a numeric array, got {type(value).__name__}")
+    if value.ndim == 2 and value.shape[0] == 1:
+        value = value[0]
+    if value.ndim == 0:
+        value = value.reshape(1)
+    if value.ndim != 1 or not np.all(np.isfinite(value)):
+        raise ObservationError(f"{key} must be a finite 1-D vector (or (1, d)), got shape {value.shape}")
+    return value.astype(np.float64)
+
+
+def _instruction(obs: dict[str, Any]) -> str:
+    text = obs.get(INSTRUCTION_KEY)
+    if isinstance(text, list | tuple) and len(text) == 1:
+        text = text[0]
+    if not isinstance(text, str) or not text.strip():
+        raise ObservationError(f"{INSTRUCTION_KEY} must be a non-empty str (or [str]), got {text!r}")
+    return text

@@ -1,0 +1,166 @@
+"""Websocket policy server (`beingh serve`): msgpack-numpy messages, openpi-compatible framing.
+
+On connect the server sends its metadata (plain HTTP `GET /healthz` answers 200). Then every binary
+message is either an observation dict (reply: the action dict plus `server_timing`) or a control
+message `{"endpoint": "ping" | "reset" | "metadata"}`. Inference runs on one worker thread, so requests from several clients are serialized
+while the event loop keeps accepting connections and answering pings. Each connection has its own
+RTC history. A bad request gets `{"error": ...}` and the connection stays open; a message above
+`max_size` makes websockets close that connection with code 1009 and the reason, the server goes on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import concurrent.futures
+import functools
+import http
+import logging
+import time
+from typing import Any, Protocol
+
+import websockets
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.http11 import Request, Response
+
+from beingh.inference.protocol import ObservationError, ProtocolError, packb, unpackb
+from beingh.inference.rtc import RTCState
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_MESSAGE_MB = 64.0
+ENDPOINTS = ("ping", "reset", "metadata")
+
+
+class ServablePolicy(Protocol):
+    metadata: dict[str, Any]
+
+    def new_rtc_state(self) -> RTCState | None: ...
+
+    def get_action(self, observations: dict[str, Any], *, rtc_state: RTCState | None = None) -> dict[str, Any]: ...
+
+
+class PolicyServer:
+    """Serves one policy to any number of websocket clients."""
+
+    def __init__(self, policy: ServablePolicy, host: str = "0.0.0.0", port: int = 8000,
+                 max_size: int = int(DEFAULT_MAX_MESSAGE_MB * 2**20)):
+        self.policy = policy
+        self.host = host
+        self.port = port
+        self.max_size = max_size
+        self._worker = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="policy")
+        self._server: Server | None = None
+
+    async def start(self) -> int:
+        """Start listening; returns the bound port (useful with port=0)."""
+        self._server = await serve(self._handle, self.host, self.port, max_size=self.max_size,
+                                   compression=None, ping_interval=None, process_request=_health_check)
+        self.port = self._server.sockets[0].getsockname()[1]
+        logger.info("Server is ready on ws://%s:%d", self.host, self.port)
+        return self.port
+
+    async def serve_forever(self) -> None:
+        if self._server is None:
+            await self.start()
+        await self._server.serve_forever()
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+        self._worker.shutdown(wait=True)
+
+    async def _handle(self, ws: ServerConnection) -> None:
+        peer = ws.remote_address
+        logger.info("client connected: %s", peer)
+        rtc_state = self.policy.new_rtc_state()
+        try:
+            await ws.send(packb(self.policy.metadata))
+            async for message in ws:
+                reply = await self._reply(message, rtc_state)
+                await ws.send(packb(reply))
+        except websockets.ConnectionClosed as closed:
+            logger.info("client %s disconnected: %s", peer, closed)
+        else:
+            logger.info("client disconnected: %s", peer)
+
+    async def _reply(self, message: bytes | str, rtc_state: RTCState | None) -> dict[str, Any]:
+        if isinstance(message, str):
+            return {"error": "expected a binary msgpack message, got a text frame"}
+        try:
+            request = unpackb(message)
+        except ProtocolError as err:
+            return {"error": f"bad message: {err}"}
+        if not isinstance(request, dict):
+            return {"error": f"a message must be a msgpack map, got {type(request).__name__}"}
+        if "endpoint" in request:
+            return self._control(request["endpoint"], rtc_state)
+        received = time.perf_counter()
+        try:
+            actions, started, finished = await asyncio.get_running_loop().run_in_executor(
+                self._worker, functools.partial(self._infer, request, rtc_state))
+        except ObservationError as err:
+            return {"error": f"bad observation: {err}"}
+        except Exception as err:  # noqa: BLE001 - a failing request must not take the server down
+            logger.exception("inference failed")
+            return {"error": f"inference failed: {type(err).__name__}: {err}"}
+        timing = {"infer_ms": 1000.0 * (finished - started), "queue_ms": 1000.0 * (started - received)}
+        return {**actions, "server_timing": timing}
+
+    def _infer(self, request: dict[str, Any], rtc_state: RTCState | None) -> tuple[dict[str, Any], float, float]:
+        """Runs on the worker thread; returns the actions and when inference started and ended."""
+        started = time.perf_counter()
+        actions = self.policy.get_action(request, rtc_state=rtc_state)
+        return actions, started, time.perf_counter()
+
+    def _control(self, endpoint: Any, rtc_state: RTCState | None) -> dict[str, Any]:
+        if endpoint == "ping":
+            return {"pong": True}
+        if endpoint == "reset":
+            if rtc_state is not None:
+                rtc_state.reset()
+            return {"reset": True}
+        if endpoint == "metadata":
+            return self.policy.metadata
+        return {"error": f"unknown endpoint {endpoint!r}; known: {list(ENDPOINTS)} (or send an observation)"}
+
+
+def _health_check(connection: ServerConnection, request: Request) -> Response | None:
+    """Plain HTTP `GET /healthz` -> 200, for process supervisors (as openpi's server)."""
+    if request.path == "/healthz":
+        return connection.respond(http.HTTPStatus.OK, "OK\n")
+    return None
+
+
+def build_arg_parser() -> argparse.ArgumentParser:
+    from beingh.inference.cli import add_policy_args
+
+    parser = argparse.ArgumentParser(prog="beingh serve", description="Serve a checkpoint over websockets.")
+    add_policy_args(parser)
+    parser.add_argument("--host", default="0.0.0.0")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--max_message_mb", type=float, default=DEFAULT_MAX_MESSAGE_MB,
+                        help="largest accepted message; bigger ones close that connection (code 1009)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from beingh.inference.cli import policy_from_args
+
+    args = build_arg_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    policy = policy_from_args(args)
+    server = PolicyServer(policy, args.host, args.port, max_size=int(args.max_message_mb * 2**20))
+
+    async def run() -> None:
+        try:
+            await server.serve_forever()
+        finally:
+            await server.stop()
+
+    try:
+        asyncio.run(run())
+    except KeyboardInterrupt:
+        logger.info("server stopped")
+    return 0

@@ -1,0 +1,271 @@
+"""Wire protocol, websocket server and client on loopback, with a fake policy (the real one is in
+test_inference_policy.py): concurrency, malformed and oversize messages, timeouts, no pickle."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import msgpack
+import numpy as np
+import pytest
+from websockets.sync.client import connect
+
+from beingh.inference.client import PolicyClient, PolicyServerError
+from beingh.inference.protocol import ObservationError, ProtocolError, packb, unpackb
+from beingh.inference.rtc import RTCState
+from beingh.inference.server import PolicyServer
+
+CHUNK = 16
+
+
+class FakePolicy:
+    """Checks `state.x` (3,) and returns a chunk whose values encode the request, after `delay_s`."""
+
+    def __init__(self, delay_s: float = 0.0):
+        self.delay_s = delay_s
+        self.metadata = {"action_keys": ["action.x"], "chunk_length": CHUNK, "embodiment_tag": "fake"}
+        self.active = 0
+        self.max_active = 0
+        self.lock = threading.Lock()
+        self.rtc_states: list[RTCState] = []
+
+    def new_rtc_state(self) -> RTCState:
+        state = RTCState(CHUNK, declared_delay=2)
+        self.rtc_states.append(state)
+        return state
+
+    def get_action(self, observations, rtc_state=None):
+        with self.lock:
+            self.active += 1
+            self.max_active = max(self.max_active, self.active)
+        try:
+            time.sleep(self.delay_s)
+            if observations.get("crash"):
+                raise RuntimeError("boom")
+            state = observations.get("state.x")
+            if not isinstance(state, np.ndarray) or state.shape != (3,):
+                raise ObservationError(f"state.x must be a (3,) array, got {state!r}")
+            if "executed_steps" in observations:
+                rtc_state.advance(int(observations["executed_steps"]))
+            return {"action.x": np.tile(state.astype(np.float32), (CHUNK, 1))}
+        finally:
+            with self.lock:
+                self.active -= 1
+
+
+@contextmanager
+def running_server(policy, max_size: int = 2**20):
+    loop = asyncio.new_event_loop()
+    server = PolicyServer(policy, "127.0.0.1", 0, max_size=max_size)
+    port = loop.run_until_complete(server.start())
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        yield port
+    finally:
+        asyncio.run_coroutine_threadsafe(server.stop(), loop).result(timeout=10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=10)
+        loop.close()
+
+
+def test_protocol_roundtrip_numeric_arrays_and_scalars():
+    message = {
+        "video.cam": np.arange(2 * 4 * 3, dtype=np.uint8).reshape(2, 4, 3),
+        "state.x": np.array([1.5, -2.0, 3.25], dtype=np.float32),
+        "mask": np.array([True, False]),
+        "steps": np.int64(7),
+        "language.instruction": "push the puck",
+        "nested": {"list": [1, 2.5, "a"], "empty": np.zeros((0, 200), dtype=np.float64)},
+    }
+    out = unpackb(packb(message))
+    assert out["language.instruction"] == "push the puck"
+    for key in ("video.cam", "state.x", "mask"):
+        assert out[key].dtype == message[key].dtype and np.array_equal(out[key], message[key])
+        assert out[key].flags.writeable
+    assert out["steps"] == 7 and out["steps"].dtype == np.int64
+    assert out["nested"]["list"] == [1, 2.5, "a"] and out["nested"]["empty"].shape == (0, 200)
+
+
+def test_protocol_reads_openpi_style_bin_keys():
+    arr = np.arange(6, dtype="<f4").reshape(2, 3)
+    wire = msgpack.packb({b"__ndarray__": True, b"data": arr.tobytes(), b"dtype": "<f4", b"shape": (2, 3)})
+    assert np.array_equal(unpackb(wire), arr)
+
+
+@pytest.mark.parametrize("dtype", ["|O", "<U4", "|V8", "<c8", "|S3"])
+def test_protocol_refuses_non_numeric_dtypes(dtype):
+    wire = msgpack.packb({"__ndarray__": True, "data": b"\0" * 16, "dtype": dtype, "shape": [1]})
+    with pytest.raises(ProtocolError, match="not allowed|unknown"):
+        unpackb(wire)
+
+
+def test_protocol_refuses_to_encode_objects():
+    with pytest.raises(ProtocolError, match="not allowed"):
+        packb({"a": np.array([object()], dtype=object)})
+    with pytest.raises(TypeError, match="cannot encode"):
+        packb({"a": {1, 2}})
+
+
+@pytest.mark.parametrize(
+    "wire",
+    [
+        b"\xc1",  # never-used msgpack byte
+        b"\x92\x01",  # truncated array
+        msgpack.packb({"__ndarray__": True, "data": b"\0" * 5, "dtype": "<f4", "shape": [2]}),
+        msgpack.packb({"__ndarray__": True, "data": b"\0" * 8, "dtype": "<f4", "shape": [-2]}),
+        msgpack.packb({"__ndarray__": True, "data": "text", "dtype": "<f4", "shape": [1]}),
+        msgpack.packb({"__ndarray__": True, "data": b"\0" * 4, "dtype": 5, "shape": [1]}),
+        msgpack.packb({"__npgeneric__": True, "data": "x", "dtype": "<f4"}),
+    ],
+)
+def test_protocol_malformed_messages_raise_protocol_error(wire):
+    with pytest.raises(ProtocolError):
+        unpackb(wire)
+
+
+def test_no_pickle_in_inference_package():
+    package = Path(__file__).resolve().parents[1] / "beingh" / "inference"
+    for source in package.glob("*.py"):
+        text = source.read_text()
+        assert "import pickle" not in text and "torch.load" not in text, source
+
+
+def test_client_server_roundtrip_metadata_reset_ping():
+    policy = FakePolicy()
+    with running_server(policy) as port, PolicyClient(port=port, timeout=10) as client:
+        assert client.metadata == policy.metadata
+        assert client.ping()
+        reply = client.get_action({"state.x": np.array([1.0, 2.0, 3.0])}, executed_steps=3)
+        assert reply["action.x"].shape == (CHUNK, 3) and reply["action.x"].dtype == np.float32
+        assert np.allclose(reply["action.x"][5], [1, 2, 3])
+        assert reply["server_timing"]["infer_ms"] >= 0 and reply["server_timing"]["queue_ms"] >= 0
+        assert policy.rtc_states[0].executed_steps == 3
+        client.reset()
+        assert policy.rtc_states[0].executed_steps is None
+
+
+def test_server_error_reply_raises_and_keeps_connection():
+    with running_server(FakePolicy()) as port, PolicyClient(port=port, timeout=10) as client:
+        with pytest.raises(PolicyServerError, match="bad observation: state.x"):
+            client.get_action({"state.x": np.zeros(5)})
+        with pytest.raises(PolicyServerError, match="inference failed: RuntimeError: boom"):
+            client.get_action({"state.x": np.zeros(3), "crash": True})
+        with pytest.raises(PolicyServerError, match="unknown endpoint"):
+            client._request({"endpoint": "kill"})
+        assert client.get_action({"state.x": np.ones(3)})["action.x"].shape == (CHUNK, 3)
+
+
+def test_malformed_requests_do_not_kill_server():
+    bad_messages = [
+        b"\xc1",
+        b"not msgpack at all",
+        "a text frame",
+        packb([1, 2, 3]),
+        packb("just a string"),
+        packb({"state.x": "not an array"}),
+        packb({"state.x": np.zeros((2, 2))}),
+        packb({"video.cam": np.zeros((4, 4, 3), dtype=np.uint8)}),
+        msgpack.packb({"state.x": {"__ndarray__": True, "data": b"\0" * 3, "dtype": "<f4", "shape": [3]}}),
+        msgpack.packb({"state.x": {"__ndarray__": True, "data": b"\0" * 8, "dtype": "|O", "shape": [1]}}),
+    ]
+    with running_server(FakePolicy()) as port:
+        with connect(f"ws://127.0.0.1:{port}", proxy=None, compression=None) as ws:
+            unpackb(ws.recv(timeout=10))  # metadata
+            for i in range(200):
+                ws.send(bad_messages[i % len(bad_messages)])
+                reply = unpackb(ws.recv(timeout=10))
+                assert set(reply) == {"error"} and reply["error"], (i, reply)
+            ws.send(packb({"state.x": np.full(3, 4.0)}))
+            assert np.all(unpackb(ws.recv(timeout=10))["action.x"] == 4.0)
+        with PolicyClient(port=port, timeout=10) as client:
+            assert client.get_action({"state.x": np.zeros(3)})["action.x"].shape == (CHUNK, 3)
+
+
+def test_concurrent_clients_are_served_and_inference_is_serialized():
+    policy = FakePolicy(delay_s=0.01)
+    results: dict[int, list[float]] = {}
+    errors: list[BaseException] = []
+
+    def worker(idx: int) -> None:
+        try:
+            with PolicyClient(port=port, timeout=30) as client:
+                results[idx] = [
+                    float(client.get_action({"state.x": np.full(3, idx + 10.0 * k)})["action.x"][0, 0])
+                    for k in range(5)
+                ]
+        except BaseException as err:  # noqa: BLE001 - reported below
+            errors.append(err)
+
+    with running_server(policy) as port:
+        threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+    assert not errors, errors
+    assert results == {i: [i + 10.0 * k for k in range(5)] for i in range(4)}
+    assert policy.max_active == 1
+    assert len(policy.rtc_states) == 4  # one RTC history per connection
+
+
+def test_event_loop_answers_pings_during_inference():
+    policy = FakePolicy(delay_s=1.5)
+    with running_server(policy) as port:
+        slow = threading.Thread(
+            target=lambda: PolicyClient(port=port, timeout=10).get_action({"state.x": np.zeros(3)}))
+        slow.start()
+        time.sleep(0.2)
+        with PolicyClient(port=port, timeout=10) as client:
+            start = time.perf_counter()
+            assert client.ping()
+            assert time.perf_counter() - start < 1.0
+        slow.join(timeout=10)
+
+
+def test_oversize_message_closes_that_connection_with_reason_and_server_survives():
+    with running_server(FakePolicy(), max_size=4096) as port:
+        client = PolicyClient(port=port, timeout=10)
+        with pytest.raises(ConnectionError, match="1009"):
+            client.get_action({"state.x": np.zeros(3), "video.cam": np.zeros((64, 64, 3), dtype=np.uint8)})
+        with PolicyClient(port=port, timeout=10) as other:
+            assert other.get_action({"state.x": np.ones(3)})["action.x"].shape == (CHUNK, 3)
+
+
+def test_client_timeout_is_applied():
+    with running_server(FakePolicy(delay_s=2.0)) as port:
+        client = PolicyClient(port=port, timeout=0.3)
+        start = time.perf_counter()
+        with pytest.raises(TimeoutError, match="within 0.3 s"):
+            client.get_action({"state.x": np.zeros(3)})
+        assert time.perf_counter() - start < 1.5
+
+
+def test_client_connect_error_names_the_address():
+    with running_server(FakePolicy()) as port:
+        pass
+    with pytest.raises(ConnectionError, match=f"127.0.0.1:{port}"):
+        PolicyClient(port=port, timeout=2)
+
+
+def test_serve_arguments_parse():
+    from beingh.inference.server import build_arg_parser
+
+    args = build_arg_parser().parse_args(
+        ["--model_path", "ckpt", "--data_config_name", "metaworld", "--dataset_name", "g", "--embodiment_tag",
+         "metaworld", "--port", "9001", "--no-enable_rtc", "--num_inference_timesteps", "8"])
+    assert (args.port, args.enable_rtc, args.num_inference_timesteps, args.host) == (9001, False, 8, "0.0.0.0")
+    assert args.instruction_template == "long" and args.use_mpg is None
+
+
+def test_healthz_over_plain_http():
+    import urllib.request
+
+    with running_server(FakePolicy()) as port:
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        with opener.open(f"http://127.0.0.1:{port}/healthz", timeout=10) as response:
+            assert response.status == 200 and response.read() == b"OK\n"
