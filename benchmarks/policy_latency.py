@@ -2,8 +2,17 @@
 
 Full shape (default): InternViT-300M + Qwen3-1.7B VLM + 0.6B-shaped expert with random weights, bf16 on
 CUDA, 224 px views, 4 flow steps, 1 and 2 views, with and without the prefix K/V cache. `--tiny` runs the
-tiny config on CPU as a smoke check. The model folder holds only a tiny tokenizer and metadata for the
-`libero_nonorm` config (no statistics needed), the weights are built in memory. Prints one JSON object.
+tiny config on CPU (fp32) as a smoke check of the same code path. The model folder holds only a tiny
+tokenizer and metadata for the `libero_nonorm` config (no statistics needed); the weights are built in
+memory. Prints one JSON object.
+
+Per case: `get_action_ms` is the wall time of a call (it ends with the device-to-host copy of the chunk,
+so it includes every queued GPU kernel); `model_ms` is `sample_actions` alone on a prebuilt pack (CUDA
+events on GPU); `build_batch_ms` is the observation -> device pack step (image + state transforms,
+copies). The rest of `get_action_ms` is RTC bookkeeping and unnormalization.
+
+    python -m benchmarks.policy_latency --tiny --threads 1     # CPU smoke check
+    python -m benchmarks.policy_latency [--compile]            # full shape on a GPU
 """
 
 from __future__ import annotations
@@ -13,6 +22,7 @@ import json
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +38,7 @@ from beingh.model.tiny import tiny_config
 DATA_CONFIG = "libero_nonorm"
 GROUP = "bench"
 CONTROL_HZ = 20.0
+VIEW_KEYS = ("video.top_view", "video.wrist_view")
 
 
 def build_model(config: BeingHConfig, device: torch.device, dtype: torch.dtype) -> BeingH:
@@ -54,72 +65,137 @@ def observation(views: int, image_size: int, rng: np.random.Generator) -> dict:
         "state.libero_gripper_position": rng.uniform(0.0, 0.04, 2),
         "language.instruction": "put the bowl on the plate",
     }
-    for name in ("video.top_view", "video.wrist_view")[:views]:
+    for name in VIEW_KEYS[:views]:
         obs[name] = rng.integers(0, 256, (image_size, image_size, 3), dtype=np.uint8)
     return obs
 
 
+def wall_ms(fn: Callable[[], object], device: torch.device) -> float:
+    """Wall time of `fn` with the device idle before and after."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return 1000.0 * (time.perf_counter() - start)
+
+
+def device_ms(fn: Callable[[], object], device: torch.device) -> float:
+    """GPU stream time of `fn` (CUDA events), or wall time on CPU."""
+    if device.type != "cuda":
+        return wall_ms(fn, device)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    torch.cuda.synchronize(device)
+    start.record()
+    fn()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end)
+
+
+def summarize(times: list[float]) -> dict[str, float]:
+    times = sorted(times)
+    return {
+        "p50": round(statistics.median(times), 3),
+        "p95": round(times[min(len(times) - 1, round(0.95 * (len(times) - 1)))], 3),
+        "mean": round(statistics.fmean(times), 3),
+    }
+
+
 def measure(policy: BeingHPolicy, obs: dict, warmup: int, iters: int) -> dict:
-    sync = torch.cuda.synchronize if policy.device.type == "cuda" else (lambda: None)
+    device = policy.device
+    batch, _ = policy.build_batch(obs)
+
+    def sample() -> torch.Tensor:
+        with torch.inference_mode():
+            return policy.model.sample_actions(batch, num_steps=policy.num_inference_timesteps,
+                                               use_cache=policy.use_prefix_cache)
+
     for _ in range(warmup):
         policy.get_action(obs)
-    sync()
-    times = []
-    for _ in range(iters):
-        start = time.perf_counter()
-        policy.get_action(obs)
-        sync()
-        times.append(1000.0 * (time.perf_counter() - start))
-    times.sort()
+        sample()
+    get_action, model, build = [], [], []
+    for _ in range(iters):  # interleaved, so a slow phase of a shared machine hits all three alike
+        get_action.append(wall_ms(lambda: policy.get_action(obs), device))
+        model.append(device_ms(sample, device))
+        build.append(wall_ms(lambda: policy.build_batch(obs), device))
     return {
-        "p50_ms": round(statistics.median(times), 2),
-        "p95_ms": round(times[min(len(times) - 1, int(round(0.95 * (len(times) - 1))))], 2),
-        "mean_ms": round(statistics.fmean(times), 2),
+        "num_tokens": batch.num_tokens,
+        "get_action_ms": summarize(get_action),
+        "model_ms": summarize(model),
+        "build_batch_ms": summarize(build),
+    }
+
+
+def config_summary(config: BeingHConfig, tiny: bool) -> dict:
+    return {
+        "name": "tiny" if tiny else "2B (InternViT-300M + Qwen3-1.7B + 0.6B-shaped expert), random weights",
+        "llm_hidden": config.llm.hidden_size,
+        "expert_hidden": config.expert.hidden_size,
+        "layers": config.llm.num_hidden_layers,
+        "vit_hidden": config.vit.hidden_size,
+        "vit_layers": config.vit.num_hidden_layers,
+        "image_size": config.force_image_size,
+        "tokens_per_image": config.tokens_per_image,
+        "chunk_length": config.action_chunk_length,
+        "attn_mode": config.attn_mode,
     }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tiny", action="store_true", help="tiny config on CPU (smoke check)")
+    parser.add_argument("--tiny", action="store_true", help="tiny config (smoke check; on CPU unless --device)")
+    parser.add_argument("--device", default=None, help="default: cpu with --tiny, else cuda when available")
     parser.add_argument("--num_inference_timesteps", type=int, default=4)
     parser.add_argument("--views", type=int, nargs="+", default=[1, 2], choices=[1, 2])
     parser.add_argument("--mpg", action="store_true", help="MPG on (lambda 0.1, 1 refinement pass)")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the layers (CUDA only)")
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--iters", type=int, default=20)
+    parser.add_argument("--compile", action="store_true", help="torch.compile the ViT and decoder layers (CUDA)")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed calls per case (at least 10 with --compile)")
+    parser.add_argument("--iters", type=int, default=30)
+    parser.add_argument("--threads", type=int, default=None, help="CPU intra-op threads (default: torch's)")
     args = parser.parse_args(argv)
 
-    device = torch.device("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() and not args.tiny else "cpu"))
+    if args.compile and device.type != "cuda":
+        parser.error("--compile needs a CUDA device")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    warmup = max(args.warmup, 10) if args.compile else args.warmup
     overrides = {"use_mpg": args.mpg, "mpg_lambda": 0.1 if args.mpg else 0.0,
                  "num_inference_timesteps": args.num_inference_timesteps}
     config = tiny_config(**overrides) if args.tiny else BeingHConfig(**overrides)
     torch.manual_seed(0)
     model = build_model(config, device, dtype)
+    if args.compile:
+        model.compile_for_inference()
     rng = np.random.default_rng(0)
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         folder = write_model_folder(Path(tmp), config.force_image_size)
         for views in args.views:
             policy = BeingHPolicy(folder, DATA_CONFIG, GROUP, "libero", "long", device=str(device),
-                                  enable_rtc=False, use_fixed_view=views == 1, compile=args.compile, model=model)
+                                  enable_rtc=False, use_fixed_view=views == 1, model=model)
             obs = observation(views, config.force_image_size, rng)
             for use_cache in (True, False):
                 policy.use_prefix_cache = use_cache
-                results.append({"views": views, "prefix_cache": use_cache,
-                                **measure(policy, obs, args.warmup, args.iters)})
+                results.append({"views": views, "prefix_cache": use_cache, **measure(policy, obs, warmup, args.iters)})
     print(json.dumps({
         "benchmark": "policy_latency",
-        "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "cpu_threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "dtype": str(dtype),
-        "config": "tiny" if args.tiny else "2B (InternViT-300M + Qwen3-1.7B + 0.6B expert), random weights",
+        "config": config_summary(config, args.tiny),
         "params": sum(p.numel() for p in model.parameters()),
-        "image_size": config.force_image_size,
         "num_inference_timesteps": args.num_inference_timesteps,
         "mpg": args.mpg,
         "compile": args.compile,
+        "warmup": warmup,
         "iters": args.iters,
+        "peak_gpu_memory_gb": (round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
+                               if device.type == "cuda" else None),
         "results": results,
     }, indent=2))
     return 0

@@ -296,3 +296,16 @@ def test_beingh_serve_subprocess(checkpoint):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_latency_benchmark_tiny_prints_json(capsys):
+    from benchmarks.policy_latency import main as bench_main
+
+    assert bench_main(["--tiny", "--views", "1", "2", "--warmup", "1", "--iters", "2"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["device"] == "cpu" and report["config"]["name"] == "tiny"
+    cases = {(r["views"], r["prefix_cache"]) for r in report["results"]}
+    assert cases == {(1, True), (1, False), (2, True), (2, False)}
+    for result in report["results"]:
+        for figure in ("get_action_ms", "model_ms", "build_batch_ms"):
+            assert 0 < result[figure]["p50"] <= result[figure]["p95"]

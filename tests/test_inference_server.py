@@ -149,6 +149,68 @@ def test_client_server_roundtrip_metadata_reset_ping():
         assert policy.rtc_states[0].executed_steps is None
 
 
+def openpi_pack_array(obj):
+    """openpi_client.msgpack_numpy.pack_array, as published (the encoder an openpi client uses)."""
+    if isinstance(obj, np.ndarray | np.generic) and obj.dtype.kind in ("V", "O", "c"):
+        raise ValueError(f"Unsupported dtype: {obj.dtype}")
+    if isinstance(obj, np.ndarray):
+        return {b"__ndarray__": True, b"data": obj.tobytes(), b"dtype": obj.dtype.str, b"shape": obj.shape}
+    if isinstance(obj, np.generic):
+        return {b"__npgeneric__": True, b"data": obj.item(), b"dtype": obj.dtype.str}
+    return obj
+
+
+def openpi_unpack_array(obj):
+    """openpi_client.msgpack_numpy.unpack_array, as published."""
+    if b"__ndarray__" in obj:
+        return np.ndarray(buffer=obj[b"data"], dtype=np.dtype(obj[b"dtype"]), shape=obj[b"shape"])
+    if b"__npgeneric__" in obj:
+        return np.dtype(obj[b"dtype"]).type(obj[b"data"])
+    return obj
+
+
+def test_openpi_client_message_shape():
+    """What openpi's WebsocketClientPolicy does: metadata on connect, packed obs in, unpacked actions out."""
+    policy = FakePolicy()
+    with running_server(policy) as port:
+        with connect(f"ws://127.0.0.1:{port}", compression=None, max_size=None, proxy=None) as ws:
+            metadata = msgpack.unpackb(ws.recv(timeout=10), object_hook=openpi_unpack_array)
+            assert metadata == policy.metadata
+            replies = []
+            for value in (1.0, 2.0):
+                obs = {"state.x": np.full(3, value, dtype=np.float32), "step": np.int64(4)}
+                ws.send(msgpack.Packer(default=openpi_pack_array).pack(obs))
+                reply = ws.recv(timeout=10)
+                assert isinstance(reply, bytes)  # openpi raises on a str (its error frames)
+                replies.append(msgpack.unpackb(reply, object_hook=openpi_unpack_array))
+    assert replies[0]["action.x"].shape == (CHUNK, 3) and np.all(replies[1]["action.x"] == 2.0)
+    assert set(replies[0]["server_timing"]) == {"infer_ms", "queue_ms"}
+    assert set(replies[1]["server_timing"]) == {"infer_ms", "queue_ms", "prev_total_ms"}
+    assert replies[1]["server_timing"]["prev_total_ms"] >= replies[0]["server_timing"]["infer_ms"]
+
+
+def test_client_reports_openpi_style_text_error_frames():
+    """An openpi server answers a failing request with its traceback as a text frame."""
+    from websockets.sync.server import serve
+
+    def handler(ws):
+        ws.send(msgpack.packb({"server": "openpi"}))
+        ws.recv()
+        ws.send("Traceback (most recent call last): KeyError: 'observation/image'")
+
+    with serve(handler, "127.0.0.1", 0) as server:
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            with PolicyClient(port=server.socket.getsockname()[1], timeout=10) as client:
+                assert client.metadata == {"server": "openpi"}
+                with pytest.raises(PolicyServerError, match="error text: Traceback.*observation/image"):
+                    client.get_action({"state.x": np.zeros(3)})
+        finally:
+            server.shutdown()
+            thread.join(timeout=10)
+
+
 def test_server_error_reply_raises_and_keeps_connection():
     with running_server(FakePolicy()) as port, PolicyClient(port=port, timeout=10) as client:
         with pytest.raises(PolicyServerError, match="bad observation: state.x"):

@@ -78,6 +78,8 @@ class PolicyClient:
                                "connection closed") from err
         except websockets.ConnectionClosed as err:
             raise ConnectionError(_closed_reason(self.uri, err)) from err
+        if isinstance(data, str):  # an openpi server reports a failure as a text frame (its traceback)
+            raise PolicyServerError(f"policy server {self.uri} sent an error text: {data}")
         reply = unpackb(data)
         if not isinstance(reply, dict):
             raise PolicyServerError(f"policy server {self.uri} sent a {type(reply).__name__}, expected a map")

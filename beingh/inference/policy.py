@@ -5,18 +5,25 @@ the `EmbodimentTransform` of the data config with the checkpoint's metadata, the
 (one `<img>` block per view) and `pack_samples`. The model encodes the prompt once (prefix KV cache)
 and runs only the action expert at each flow step. With RTC on, the committed start of the chunk is
 locked to what the robot executes while the chunk is computed (`beingh.inference.rtc`).
+
+Per call only the images and the state change: the token layout of a (number of views, instruction)
+pair (ids, positions, index tensors, zero action placeholders) is tokenized, packed and moved to the
+device once and reused, so a call costs the image transform, the state transform, two host-to-device
+copies, the model and the unnormalization.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from beingh.batch import UNIFIED_DIM, PackedBatch
 from beingh.data.embodiment import BaseDataConfig, embodiment_id, get_data_config
 from beingh.data.image import build_image_transform
 from beingh.data.metadata import find_metadata_file, load_metadata
@@ -34,6 +41,8 @@ logger = logging.getLogger(__name__)
 INSTRUCTION_KEY = "language.instruction"
 RTC_KEYS = ("prev_chunk", "inference_delay", "executed_steps")
 """Optional observation keys that steer RTC instead of being model inputs."""
+MAX_CACHED_LAYOUTS = 64
+"""Device-resident token layouts kept per policy (one per (views, instruction) pair seen)."""
 
 
 def default_device() -> str:
@@ -115,6 +124,7 @@ class BeingHPolicy:
         self.prompt_builder = PromptBuilder(load_tokenizer(self.model_path), config.tokens_per_image,
                                             self.chunk_length, prompt_template=instruction_template,
                                             attn_mode=config.attn_mode)
+        self._layouts: dict[tuple[int, str], PackedBatch] = {}
         if compile:
             self._compile()
 
@@ -204,9 +214,9 @@ class BeingHPolicy:
         inference_delay = rtc_args.get("inference_delay", inference_delay)
         state = rtc_state if rtc_state is not None else self.rtc
 
-        sample, raw_state = self._build_sample(obs)
+        batch, raw_state = self.build_batch(obs)
         prefix = self._rtc_prefix(state, rtc_args.get("prev_chunk"), executed_steps, inference_delay)
-        chunk = self._sample_chunk(sample, prefix, noise)
+        chunk = self._sample_chunk(batch, prefix, noise)
         if state is not None:
             state.record(chunk, time.perf_counter() - start)
         actions = self.transform.unified_to_actions(chunk, raw_state)
@@ -230,29 +240,52 @@ class BeingHPolicy:
         except ValueError as err:
             raise ObservationError(f"RTC inputs: {err}") from err
 
-    def _build_sample(self, obs: dict[str, Any]) -> tuple[RobotSample, dict[str, np.ndarray]]:
-        images = [_image(obs, key) for key in self.video_keys]
-        raw_state = {key: _vector(obs, key) for key in self.data_config.STATE_KEYS}
+    def build_batch(self, observations: dict[str, Any]) -> tuple[PackedBatch, dict[str, np.ndarray]]:
+        """Observation -> (the model's one-sample pack on the policy's device, the raw state vectors).
+
+        The pack equals `pack_samples([PromptBuilder.tokenize(sample, pixel_values)])` of the training
+        pipeline; the raw state is what `unified_to_actions` needs for state-relative actions.
+        """
+        images = [_image(observations, key) for key in self.video_keys]
+        raw_state = {key: _vector(observations, key) for key in self.data_config.STATE_KEYS}
         try:
             unified_state = self.transform.state_to_unified(raw_state)
         except (KeyError, ValueError) as err:
             raise ObservationError(f"state: {err}") from err
-        sample = RobotSample(
-            images=images,
-            state=unified_state,
-            action=np.zeros((self.chunk_length, unified_state.shape[-1]), dtype=np.float32),
-            action_mask=np.zeros((self.chunk_length, unified_state.shape[-1]), dtype=bool),
-            instruction=_instruction(obs),
-            embodiment_id=self.embodiment_id,
-        )
-        return sample, raw_state
+        layout = self._layout(len(images), _instruction(observations))
+        pixel_values = torch.stack([self.image_transform(image) for image in images])
+        batch = replace(layout, pixel_values=pixel_values.to(self.device, self.dtype),
+                        state=torch.from_numpy(unified_state)[None].to(self.device))
+        return batch, raw_state
+
+    def _layout(self, num_views: int, instruction: str) -> PackedBatch:
+        """The static part of the pack for this view count and instruction, built once on the device.
+
+        Its images and state are zero placeholders: `build_batch` swaps in each call's values.
+        """
+        key = (num_views, instruction)
+        layout = self._layouts.get(key)
+        if layout is None:
+            if len(self._layouts) >= MAX_CACHED_LAYOUTS:
+                self._layouts.pop(next(iter(self._layouts)))
+            size = self.model.config.force_image_size
+            unified = (self.chunk_length, UNIFIED_DIM)
+            sample = RobotSample(
+                images=[],
+                state=np.zeros(UNIFIED_DIM, dtype=np.float32),
+                action=np.zeros(unified, dtype=np.float32),
+                action_mask=np.zeros(unified, dtype=bool),
+                instruction=instruction,
+                embodiment_id=self.embodiment_id,
+            )
+            placeholder_pixels = torch.zeros(num_views, 3, size, size)
+            layout = pack_samples([self.prompt_builder.tokenize(sample, placeholder_pixels)]).to(self.device)
+            self._layouts[key] = layout
+        return layout
 
     @torch.inference_mode()
-    def _sample_chunk(self, sample: RobotSample, prefix: RTCPrefix | None,
+    def _sample_chunk(self, batch: PackedBatch, prefix: RTCPrefix | None,
                       noise: torch.Tensor | np.ndarray | None) -> np.ndarray:
-        pixel_values = torch.stack([self.image_transform(image) for image in sample.images])
-        batch = pack_samples([self.prompt_builder.tokenize(sample, pixel_values)]).to(self.device)
-        batch.pixel_values = batch.pixel_values.to(self.dtype)
         if noise is not None:
             noise = torch.as_tensor(np.asarray(noise, dtype=np.float32)).reshape(1, self.chunk_length, -1)
             noise = noise.to(self.device)

@@ -2,10 +2,26 @@
 
 On connect the server sends its metadata (plain HTTP `GET /healthz` answers 200). Then every binary
 message is either an observation dict (reply: the action dict plus `server_timing`) or a control
-message `{"endpoint": "ping" | "reset" | "metadata"}`. Inference runs on one worker thread, so requests from several clients are serialized
-while the event loop keeps accepting connections and answering pings. Each connection has its own
-RTC history. A bad request gets `{"error": ...}` and the connection stays open; a message above
-`max_size` makes websockets close that connection with code 1009 and the reason, the server goes on.
+message `{"endpoint": "ping" | "reset" | "metadata"}`. Inference runs on one worker thread, so
+requests from several clients are serialized while the event loop keeps accepting connections and
+answering pings. Each connection has its own RTC history. A bad request gets `{"error": ...}` and the
+connection stays open; a message above `max_size` makes websockets close that connection with code
+1009 and the reason, the server goes on.
+
+openpi compatibility (`openpi_client.websocket_client_policy.WebsocketClientPolicy` works unchanged):
+- same: one metadata map sent on connect; one binary msgpack observation map in, one action map out
+  per request; arrays as openpi's `msgpack_numpy` writes them (`beingh.inference.protocol`);
+  `server_timing` with `infer_ms` (time inside the policy) and `prev_total_ms` (receive-to-sent time
+  of the previous request on the connection); `GET /healthz`.
+- different: the keys are Being-H's (`video.*`, `state.*`, `language.instruction` in;
+  `action.<key>` (T, d) and `action_unified` out), not an openpi policy's (`observation/...`,
+  `prompt`, `actions`); `server_timing` adds `queue_ms` (wait for the inference worker); a failing
+  request is answered with a binary `{"error": ...}` map and the connection stays open, where openpi
+  sends the traceback as a text frame and closes with 1011 (an openpi client returns that map as its
+  result instead of raising); messages above `max_size` (64 MB) are refused, openpi's client allows
+  any size; non-numeric arrays (object, string, void, complex) are refused both ways; the control
+  endpoints and the RTC keys (`executed_steps`, `prev_chunk`, `inference_delay`) are beingh additions
+  (an openpi client can send the stateless RTC keys inside its observation).
 """
 
 from __future__ import annotations
@@ -75,17 +91,23 @@ class PolicyServer:
         peer = ws.remote_address
         logger.info("client connected: %s", peer)
         rtc_state = self.policy.new_rtc_state()
+        stats = _ConnectionStats()
         try:
             await ws.send(packb(self.policy.metadata))
             async for message in ws:
-                reply = await self._reply(message, rtc_state)
+                received = time.perf_counter()
+                reply = await self._reply(message, rtc_state, received)
+                timing = reply.get("server_timing")
+                if timing is not None and stats.prev_total_s is not None:
+                    timing["prev_total_ms"] = 1000.0 * stats.prev_total_s
                 await ws.send(packb(reply))
+                stats.add(timing, time.perf_counter() - received)
         except websockets.ConnectionClosed as closed:
-            logger.info("client %s disconnected: %s", peer, closed)
+            logger.info("client %s disconnected: %s; %s", peer, closed, stats.summary())
         else:
-            logger.info("client disconnected: %s", peer)
+            logger.info("client disconnected: %s; %s", peer, stats.summary())
 
-    async def _reply(self, message: bytes | str, rtc_state: RTCState | None) -> dict[str, Any]:
+    async def _reply(self, message: bytes | str, rtc_state: RTCState | None, received: float) -> dict[str, Any]:
         if isinstance(message, str):
             return {"error": "expected a binary msgpack message, got a text frame"}
         try:
@@ -96,7 +118,6 @@ class PolicyServer:
             return {"error": f"a message must be a msgpack map, got {type(request).__name__}"}
         if "endpoint" in request:
             return self._control(request["endpoint"], rtc_state)
-        received = time.perf_counter()
         try:
             actions, started, finished = await asyncio.get_running_loop().run_in_executor(
                 self._worker, functools.partial(self._infer, request, rtc_state))
@@ -124,6 +145,26 @@ class PolicyServer:
         if endpoint == "metadata":
             return self.policy.metadata
         return {"error": f"unknown endpoint {endpoint!r}; known: {list(ENDPOINTS)} (or send an observation)"}
+
+
+class _ConnectionStats:
+    """Per-connection request counters for the disconnect log line and openpi's `prev_total_ms`."""
+
+    def __init__(self) -> None:
+        self.requests = 0
+        self.infer_ms_total = 0.0
+        self.prev_total_s: float | None = None
+
+    def add(self, timing: dict[str, float] | None, total_s: float) -> None:
+        """Count one answered observation (`timing` is None for errors and control messages)."""
+        if timing is not None:
+            self.requests += 1
+            self.infer_ms_total += timing["infer_ms"]
+            self.prev_total_s = total_s
+
+    def summary(self) -> str:
+        mean = self.infer_ms_total / self.requests if self.requests else 0.0
+        return f"{self.requests} observations answered, mean infer {mean:.1f} ms"
 
 
 def _health_check(connection: ServerConnection, request: Request) -> Response | None:
