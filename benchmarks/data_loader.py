@@ -3,9 +3,9 @@
 The fixture has one camera, so the benchmark copies it into a temp dir and declares its video a second
 time under another camera name (two independent decoders, as with a real 2-camera dataset). It then
 times, on one thread (wall clock, and CPU time of this process since the machine may be shared), the
-full per-sample work a DataLoader worker does (exact-frame decode of both
-views, state/action slicing and normalization, train image transform, tokenization), with a breakdown,
-and finally the packed loader with `--loader_workers` worker processes.
+full per-sample work a DataLoader worker does (exact-frame decode of both views, state/action slicing
+and normalization, train image transform, tokenization), with a breakdown, and finally the packed
+loader with `--loader_workers` worker processes.
 
     python benchmarks/data_loader.py [--samples 400] [--loader_workers 2] [--loader_packs 20]
 
@@ -93,19 +93,22 @@ def main(argv: list[str] | None = None) -> int:
         for key in keys[:10]:
             source.build(key)  # warm up: open files, first decode, layout cache
 
-        t_build = t_images = t_tokens = 0.0
+        wall = np.zeros(3)  # sample build + decode, image transform, tokenize
+        cpu = np.zeros(3)
         cpu_start = time.process_time()
         start = time.perf_counter()
         for key in keys:
-            t0 = time.perf_counter()
+            marks = [(time.perf_counter(), time.process_time())]
             rng = np.random.default_rng(key.seed)
             sample = source.builders[key.group][key.dataset](key.episode, key.frame, rng)
-            t1 = time.perf_counter()
+            marks.append((time.perf_counter(), time.process_time()))
             pixels = torch.stack([source.image_transform(image, rng) for image in sample.images])
-            t2 = time.perf_counter()
+            marks.append((time.perf_counter(), time.process_time()))
             source.prompt_builder.tokenize(sample, pixels)
-            t3 = time.perf_counter()
-            t_build, t_images, t_tokens = t_build + t1 - t0, t_images + t2 - t1, t_tokens + t3 - t2
+            marks.append((time.perf_counter(), time.process_time()))
+            steps = np.diff(np.array(marks), axis=0)
+            wall += steps[:, 0]
+            cpu += steps[:, 1]
         elapsed = time.perf_counter() - start
         cpu_elapsed = time.process_time() - cpu_start
         n = len(keys)
@@ -137,14 +140,21 @@ def main(argv: list[str] | None = None) -> int:
                    "image_size": args.image_size, "views": 2, "samples": n, "sampling": "step, shuffled",
                    "torch_threads": 1},
         "device": {"cpu": platform.processor() or platform.machine(), "cores_visible": os.cpu_count(),
-                   "torch": torch.__version__, "note": "dev machine shared with other jobs; figures are noisy"},
+                   "torch": torch.__version__, "load_average_1min": os.getloadavg()[0],
+                   "note": "wall-clock figures (samples_per_s_per_core, ms_*) count time lost to other jobs "
+                           "on a shared machine; the CPU-time figures (samples_per_cpu_second, cpu_ms_*) "
+                           "measure this process's own work on one core"},
         "figures": {
             "samples_per_s_per_core": n / elapsed,
             "samples_per_cpu_second": n / cpu_elapsed,
             "ms_per_sample": 1000 * elapsed / n,
-            "ms_sample_build_decode_2_views": 1000 * t_build / n,
-            "ms_image_transform_2_views": 1000 * t_images / n,
-            "ms_tokenize": 1000 * t_tokens / n,
+            "ms_sample_build_decode_2_views": 1000 * wall[0] / n,
+            "ms_image_transform_2_views": 1000 * wall[1] / n,
+            "ms_tokenize": 1000 * wall[2] / n,
+            "cpu_ms_per_sample": 1000 * cpu_elapsed / n,
+            "cpu_ms_sample_build_decode_2_views": 1000 * cpu[0] / n,
+            "cpu_ms_image_transform_2_views": 1000 * cpu[1] / n,
+            "cpu_ms_tokenize": 1000 * cpu[2] / n,
             **loader_figures,
         },
         "goal_samples_per_s_per_core": 300,

@@ -13,6 +13,7 @@ import multiprocessing
 import os
 import pickle
 import shutil
+import sys
 from pathlib import Path
 
 import av
@@ -264,6 +265,26 @@ def test_missing_column_names_file_and_lists_available():
         match=r"file-000.parquet: no column\(s\) \['observation.nope'\]; available: .*'action'",
     ):
         ds.read_rows(0, ["action", "observation.nope"], np.array([0]))
+
+
+def test_parquet_without_a_declared_column(tmp_path):
+    """info.json declares 'action' but the data file lacks it: the error names the file and the column."""
+    root = _copy("v30_av1", tmp_path)
+    path = root / "data" / "chunk-000" / "file-000.parquet"
+    pq.write_table(pq.read_table(path).drop_columns(["action"]), path)
+    ds = LeRobotDataset(root)
+    assert "action" in ds.features
+    with pytest.raises(DatasetFormatError, match=r"file-000.parquet: no column\(s\) \['action'\]"):
+        ds.read_rows(0, ["observation.state", "action"], np.array([0]))
+    with pytest.raises(DatasetFormatError, match=r"file-000.parquet: no column\(s\) \['action'\]"):
+        ds.column("action")
+
+
+def test_torchcodec_backend_missing_is_named_at_construction(monkeypatch):
+    monkeypatch.setitem(sys.modules, "torchcodec", None)  # as if not installed, even where it is
+    monkeypatch.setitem(sys.modules, "torchcodec.decoders", None)
+    with pytest.raises(ImportError, match=r"video_backend='torchcodec' needs .*pip install torchcodec.*'pyav'"):
+        LeRobotDataset(LEROBOT_FIXTURES / "v30_av1", video_backend="torchcodec")
 
 
 def test_missing_data_file(tmp_path):

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import shutil
+import sys
+from dataclasses import replace
 
+import pyarrow.parquet as pq
 import pytest
 import yaml
 
@@ -20,31 +24,35 @@ BAD_CONFIGS = {
     "missing_column": (
         _variant("MissingColumn", MODALITIES={**BASE_MODALITIES,
                                               "state.gripper": ModalityDef("observation.joints", 0, 1)}),
-        "column 'observation.joints' missing",
+        "key 'state.gripper'", "column 'observation.joints' missing",
     ),
     "missing_camera": (
         _variant("MissingCamera", VIDEO_SOURCE_COLUMNS={"video.corner": "observation.images.top"}),
-        "camera column 'observation.images.top' missing",
+        "view 'video.corner'", "camera column 'observation.images.top' missing",
     ),
     "overlap": (
         _variant("Overlap", UNIFIED_MAPPING={**MetaWorldDataConfig.UNIFIED_MAPPING, "state.gripper": (2, 3)}),
-        "overlapping UNIFIED_MAPPING slots",
+        "key 'state.eef_position'", "overlapping UNIFIED_MAPPING slots",
     ),
     "no_rotation_type": (
         _variant("NoRotation", STATE_KEYS=["state.eef_position", "state.eef_rotation"],
                  MODALITIES={**BASE_MODALITIES, "state.eef_rotation": ModalityDef("observation.state", 3, 6)},
                  UNIFIED_MAPPING={**MetaWorldDataConfig.UNIFIED_MAPPING, "state.eef_rotation": (3, 6)},
                  state_normalization_modes={}),
-        "looks like a rotation but has no rotation_type",
+        "key 'state.eef_rotation'", "looks like a rotation but has no rotation_type",
     ),
     "slice_out_of_range": (
         _variant("SliceOut", MODALITIES={**BASE_MODALITIES, "action.gripper": ModalityDef("action", 7, 8)}),
-        "slice [7:8] is out of range: column 'action' has 7 dims",
+        "key 'action.gripper'", "slice [7:8] is out of range: column 'action' has 7 dims",
+    ),
+    "slot_out_of_range": (
+        _variant("SlotOut", UNIFIED_MAPPING={**MetaWorldDataConfig.UNIFIED_MAPPING, "state.gripper": (199, 201)}),
+        "key 'state.gripper'", "need 0 <= start < end <= 200",
     ),
     "slot_width": (
         _variant("SlotWidth", UNIFIED_MAPPING={**MetaWorldDataConfig.UNIFIED_MAPPING,
                                                "action.eef_position": (0, 4)}),
-        "unified slot (0, 4) has 4 dims but the modality gives 3",
+        "key 'action.eef_position'", "unified slot (0, 4) has 4 dims but the modality gives 3",
     ),
 }
 
@@ -67,20 +75,72 @@ def test_check_passes_on_good_config(fixture_yaml, tmp_path, capsys):
 
 @pytest.mark.parametrize("name", sorted(BAD_CONFIGS))
 def test_check_reports_each_problem(name, fixture_yaml, tmp_path, capsys, monkeypatch):
-    cls, message = BAD_CONFIGS[name]
+    cls, key, message = BAD_CONFIGS[name]
     monkeypatch.setitem(embodiment.DATA_CONFIG_MAP, name, cls)
     config_file = fixture_yaml(name)
     rc = cli.check_main(["--dataset_config_file", config_file, "--cache_dir", str(tmp_path)])
     err = capsys.readouterr().err
     assert rc == 1
-    assert message in err, err
-    assert config_file in err and "group 'grp'" in err
+    lines = [line for line in err.splitlines() if message in line]
+    assert lines, err
+    assert all(f"{config_file}: group 'grp'" in line and f"{key}: " in line for line in lines), err
+
+
+def test_check_reports_a_declared_column_missing_from_the_parquet(lerobot_fixtures, tmp_path, capsys):
+    root = tmp_path / "ds"
+    shutil.copytree(lerobot_fixtures / "v30_av1", root, copy_function=shutil.copyfile)
+    for path in [root, *root.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    data_file = root / "data" / "chunk-000" / "file-000.parquet"
+    pq.write_table(pq.read_table(data_file).drop_columns(["task_index"]), data_file)
+    config_file = tmp_path / "c.yaml"
+    config_file.write_text(yaml.safe_dump({"grp": {"dataset_names": [str(root)], "data_config_names": "metaworld",
+                                                   "embodiment_tags": "metaworld"}}))
+    assert cli.check_main(["--dataset_config_file", str(config_file), "--cache_dir", str(tmp_path / "c")]) == 1
+    err = capsys.readouterr().err
+    assert f"file '{data_file}': column(s) ['task_index'] declared in {root / 'meta' / 'info.json'}" in err, err
+    assert "1 problem(s)" in err
+
+
+def test_check_reports_a_missing_torchcodec(lerobot_fixtures, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torchcodec", None)
+    monkeypatch.setitem(sys.modules, "torchcodec.decoders", None)
+    config_file = tmp_path / "c.yaml"
+    config_file.write_text(yaml.safe_dump({"grp": {
+        "dataset_names": [str(lerobot_fixtures / "v30_av1")], "data_config_names": "metaworld",
+        "embodiment_tags": "metaworld", "video_backend": "torchcodec"}}))
+    args = ["--dataset_config_file", str(config_file), "--cache_dir", str(tmp_path / "c")]
+    assert cli.check_main(args) == 1
+    err = capsys.readouterr().err
+    assert "group 'grp'" in err and "pip install torchcodec" in err, err
+    assert cli.stats_main(args) == 1
+    assert "pip install torchcodec" in capsys.readouterr().err
 
 
 def test_check_reports_missing_statistics(fixture_yaml, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(cli, "compute_dataset_stats", lambda dataset, cache, columns: {})
-    rc = cli.check_main(["--dataset_config_file", fixture_yaml("metaworld"), "--cache_dir", str(tmp_path)])
-    assert rc == 1 and "missing statistics" in capsys.readouterr().err
+    config_file = fixture_yaml("metaworld")
+    rc = cli.check_main(["--dataset_config_file", config_file, "--cache_dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert rc == 1 and "missing statistics" in err and config_file in err
+    assert "column 'observation.state' (needed by 'state.eef_position')" in err
+
+
+def _without_quantiles(real):
+    def compute(dataset, cache, columns):
+        return {column: replace(stats, q01=None, q99=None)
+                for column, stats in real(dataset, cache, columns=columns).items()}
+    return compute
+
+
+def test_check_reports_q99_without_quantiles(fixture_yaml, tmp_path, capsys, monkeypatch):
+    q99 = _variant("Q99", state_normalization_modes={"state.eef_position": "q99", "state.gripper": "min_max"})
+    monkeypatch.setitem(embodiment.DATA_CONFIG_MAP, "q99_config", q99)
+    monkeypatch.setattr(cli, "compute_dataset_stats", _without_quantiles(cli.compute_dataset_stats))
+    rc = cli.check_main(["--dataset_config_file", fixture_yaml("q99_config"), "--cache_dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert rc == 1 and "1 problem(s)" in err, err
+    assert "key 'state.eef_position': normalization 'q99' needs q01/q99 statistics" in err
 
 
 def test_check_reports_non_finite_statistics(fixture_yaml, tmp_path, capsys, monkeypatch):
@@ -108,6 +168,16 @@ def test_check_reports_config_errors(tmp_path, capsys):
                                              "data_config_names": "metaworld", "embodiment_tags": "metaworld"}}))
     assert cli.check_main(["--dataset_config_file", str(unknown)]) == 1
     assert "unknown dataset 'not_registered_anywhere'" in capsys.readouterr().err
+
+
+def test_check_and_stats_accept_statistics_without_quantiles(fixture_yaml, tmp_path, capsys, monkeypatch):
+    """LeRobot's own stats.json has no q01/q99: fine for min_max configs, printed without them."""
+    monkeypatch.setattr(cli, "compute_dataset_stats", _without_quantiles(cli.compute_dataset_stats))
+    args = ["--dataset_config_file", fixture_yaml("metaworld"), "--cache_dir", str(tmp_path)]
+    assert cli.check_main(args) == 0
+    assert cli.stats_main(args) == 0
+    out = capsys.readouterr().out
+    assert "mean=" in out and "q99=" not in out
 
 
 def test_stats_prints_and_writes_metadata(fixture_yaml, tmp_path, capsys):

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
 from beingh.data.dataset_config import DatasetConfigError, load_dataset_config, parse_dataset_config
+from beingh.data.lerobot import LeRobotDataset
 from beingh.data.registry import (
     DATA_ROOT_ENV,
     REGISTRY_ENV,
@@ -36,6 +38,18 @@ def test_scalars_broadcast_and_defaults():
     assert group.video_backend == "pyav" and group.stats_level == "auto" and not group.is_mandatory
 
 
+def test_video_backend_kwargs_reach_the_decoder(lerobot_fixtures, tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({"grp": {
+        "dataset_names": [str(lerobot_fixtures / "v30_av1")], "data_config_names": "metaworld",
+        "embodiment_tags": "metaworld", "video_backend_kwargs": {"threads": 2, "tolerance_s": 0.01}}}))
+    (group,) = load_dataset_config(config)
+    dataset = LeRobotDataset(group.datasets[0].name, group.video_backend,
+                             video_backend_kwargs=group.video_backend_kwargs)
+    assert (dataset._decoder.threads, dataset._decoder.tolerance_s) == (2, 0.01)
+    assert dataset.read_images(0, np.array([5]), "observation.images.corner").shape == (1, 224, 224, 3)
+
+
 def test_multiple_groups_and_reference_aliases():
     raw = {**_group(video_backend="torchvision_av", weight=0.5), "other": _group(is_mandatory=True)["grp"]}
     groups = parse_dataset_config(raw)
@@ -53,6 +67,7 @@ def test_multiple_groups_and_reference_aliases():
         ({"frame_step_size": 0}, "key 'frame_step_size'\\[0\\]: must be >= 1"),
         ({"weight": -1}, "key 'weight'"),
         ({"video_backend": "decord"}, "key 'video_backend'"),
+        ({"video_backend_kwargs": {"thread": 2}}, r"key 'video_backend_kwargs': unknown key\(s\) \['thread'\]"),
         ({"stats_level": "robot"}, "key 'stats_level'"),
         ({"vit_transform_args": {"normalize_type": "clip"}}, "normalize_type"),
         ({"vit_transform_args": {"norm_type": "imagenet"}}, "unknown key"),
@@ -64,6 +79,16 @@ def test_errors_name_file_group_and_key(overrides, message):
     with pytest.raises(DatasetConfigError, match=message) as err:
         parse_dataset_config(_group(**overrides), source="my.yaml")
     assert "my.yaml: group 'grp'" in str(err.value)
+
+
+def test_ineffective_vit_transform_args_are_reported(caplog):
+    args = {"normalize_type": "imagenet", "use_color_jitter": False, "pad2square": True}
+    with caplog.at_level("WARNING", logger="beingh.data.dataset_config"):
+        parse_dataset_config(_group(vit_transform_args=args), source="my.yaml")
+    assert "my.yaml: group 'grp'" in caplog.text and "['pad2square', 'use_color_jitter'] have no effect" in caplog.text
+    caplog.clear()
+    parse_dataset_config(_group(vit_transform_args={"normalize_type": "imagenet", "transform_type": "default"}))
+    assert not caplog.records
 
 
 def test_missing_required_key_and_bad_top_level(tmp_path):

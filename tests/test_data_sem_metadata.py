@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ from beingh.data.metadata import (
     DatasetMetadata,
     MetadataSource,
     ModalityMeta,
+    VideoMeta,
     build_dataset_metadata,
     build_group_metadata,
     load_metadata,
@@ -143,6 +145,24 @@ def test_write_and_load_round_trip(sources, tmp_path):
         load_metadata(tmp_path / "ckpt", "uni2")
     with pytest.raises(ValueError, match="uni_metadata.json: .*no variant"):
         load_metadata(exp, "uni", metadata_variant="nope")
+
+
+def test_file_round_trip_is_lossless(tmp_path):
+    """Every field survives write + load: statistics (also without quantiles), modalities, video, tag."""
+    meta = _metadata(4, "robocasa")
+    meta.modalities["video"] = {"wrist": VideoMeta((128, 96), 3, 20.0)}
+    meta.modalities["state"]["eef_rotation"] = ModalityMeta(True, "quaternion", [4], True)
+    meta.statistics["action"]["gripper"] = replace(meta.statistics["action"]["gripper"], q01=None, q99=None)
+    file = write_group_metadata(tmp_path, "solo", [MetadataSource("door", meta, 40)])
+    back = load_metadata(file, "solo", metadata_variant="door")
+    assert back.to_dict() == meta.to_dict()
+    assert back.modalities == meta.modalities and back.fps == 20.0
+    assert not back.stats_for("action.gripper").has_quantiles
+    merged = load_metadata(file, "solo", metadata_variant="merged")
+    assert merged.modalities == meta.modalities and merged.embodiment_tag == "robocasa"
+    for key in ("state.eef_position", "action.eef_position", "action.gripper"):
+        for name in meta.stats_for(key).present_fields:
+            np.testing.assert_allclose(getattr(merged.stats_for(key), name), getattr(meta.stats_for(key), name))
 
 
 def test_reference_legacy_layout_is_readable():

@@ -157,6 +157,17 @@ def test_compute_dataset_stats_is_exact_and_cached_outside_the_dataset(lerobot_f
     assert default_cache_dir() == tmp_path / "env" / "stats"
 
 
+def test_compute_dataset_stats_shows_progress(lerobot_fixtures, tmp_path, capsys):
+    from beingh.data.lerobot import LeRobotDataset
+
+    dataset = LeRobotDataset(lerobot_fixtures / "v30_av1")
+    compute_dataset_stats(dataset, tmp_path)
+    err = capsys.readouterr().err
+    assert "stats v30_av1" in err and "2/2" in err and "col/s" in err, err
+    compute_dataset_stats(dataset, tmp_path)
+    assert "stats v30_av1" not in capsys.readouterr().err  # all cached: nothing to show
+
+
 def test_statistics_without_quantiles():
     stats = ColumnStats.from_dict({"mean": [0.0], "std": [1.0], "min": [-2.0], "max": [2.0], "q01": [], "q99": []})
     assert not stats.has_quantiles and stats.to_dict()["q99"] == []

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from beingh.data.dataset_config import DatasetConfigError, DatasetEntry, DatasetGroup, load_dataset_config
@@ -25,7 +26,7 @@ from beingh.data.normalize import check_mode
 from beingh.data.registry import resolve_dataset_path
 from beingh.data.rotation import ROTATION_DIMS
 from beingh.data.sample import SampleBuilder
-from beingh.data.stats import STAT_FIELDS, compute_dataset_stats
+from beingh.data.stats import ColumnStats, compute_dataset_stats
 from beingh.data.unified import validate_unified_mapping
 
 _ROTATION_NAME = re.compile(r"rot|quat|orient", re.IGNORECASE)
@@ -104,9 +105,24 @@ def _column_width(dataset: LeRobotDataset, column: str) -> int:
     return int(np.prod(dataset.features[column].get("shape") or [1]))
 
 
+def _check_data_files(dataset: LeRobotDataset, where: str) -> list[Problem]:
+    """Every non-video column meta/info.json declares must be in every data parquet (schemas only)."""
+    declared = [name for name, feature in dataset.features.items() if feature.get("dtype") != "video"]
+    files = sorted({episode.data_file for episode in dataset.episodes})
+    problems = []
+    for path in tqdm(files, desc="data files", unit="file", disable=len(files) < 200):
+        names = set(pq.read_schema(path).names)
+        missing = [name for name in declared if name not in names]
+        if missing:
+            problems.append(Problem(f"{where}: file '{path}'", f"column(s) {missing} declared in "
+                                    f"{dataset.root / 'meta' / 'info.json'} are missing from the data file"))
+    return problems
+
+
 def check_dataset(dataset: LeRobotDataset, cls: type[BaseDataConfig], entry: DatasetEntry, where: str,
                   stats_cache_dir: str | Path | None) -> list[Problem]:
-    """Problems between a data config and one dataset: columns, widths, statistics, one real sample."""
+    """Problems between a data config and one dataset: columns (declared and in the parquet files), widths,
+    statistics, and real samples at both ends of the first and last episodes."""
     problems: list[Problem] = []
     modalities = _config_modalities(cls, entry.embodiment_tag)
     for key in [*cls.STATE_KEYS, *cls.ACTION_KEYS, *cls.LANGUAGE_KEYS]:
@@ -124,6 +140,7 @@ def check_dataset(dataset: LeRobotDataset, cls: type[BaseDataConfig], entry: Dat
         if column not in dataset.camera_keys:
             problems.append(Problem(f"{where}: view '{view}'", f"camera column {column!r} missing from the dataset; "
                                                                f"cameras: {dataset.camera_keys}"))
+    problems += _check_data_files(dataset, where)
     if problems:
         return problems
     config = cls(embodiment_tag=entry.embodiment_tag)
@@ -135,12 +152,19 @@ def check_dataset(dataset: LeRobotDataset, cls: type[BaseDataConfig], entry: Dat
     for key in [*cls.STATE_KEYS, *cls.ACTION_KEYS]:
         mode = config.normalization_mode(key)
         key_stats = metadata.stats_for(key)
-        if mode in _MODES_NEEDING_STATS and not modalities[key].converts_rotation:
-            if key_stats is None:
-                problems.append(Problem(f"{where}: key '{key}'", f"normalization {mode!r} needs statistics, none found"))
-            elif not all(np.isfinite(getattr(key_stats, f)).all() for f in STAT_FIELDS):
-                problems.append(Problem(f"{where}: key '{key}'", f"statistics contain NaN/inf (the column "
-                                        f"{modalities[key].source_column!r} has non-finite values)"))
+        if mode not in _MODES_NEEDING_STATS or modalities[key].converts_rotation:
+            continue
+        at = f"{where}: key '{key}'"
+        column = modalities[key].source_column
+        if key_stats is None:
+            problems.append(Problem(at, f"normalization {mode!r} needs statistics, none found"))
+        elif mode == "q99" and not key_stats.has_quantiles:
+            problems.append(Problem(at, f"normalization 'q99' needs q01/q99 statistics; those of column "
+                                        f"{column!r} have none"))
+        elif not all(np.isfinite(getattr(key_stats, f)).all() for f in key_stats.present_fields):
+            problems.append(Problem(at, f"statistics contain NaN/inf (the column {column!r} has non-finite values)"))
+    if problems:
+        return problems
     try:
         builder = SampleBuilder(dataset, config, metadata)
         for episode in (dataset.episodes[0], dataset.episodes[-1]):
@@ -176,8 +200,8 @@ def run_check(config_file: str | Path, stats_cache_dir: str | Path | None = None
             continue
         try:
             path = resolve_dataset_path(entry.name, relative_to=config_file.parent)
-            dataset = LeRobotDataset(path, group.video_backend)
-        except (LookupError, OSError, ValueError) as err:
+            dataset = LeRobotDataset(path, group.video_backend, video_backend_kwargs=group.video_backend_kwargs)
+        except (LookupError, OSError, ValueError, ImportError) as err:
             problems.append(Problem(where, str(err)))
             continue
         problems += check_dataset(dataset, cls, entry, config_where, stats_cache_dir)
@@ -199,9 +223,9 @@ def check_main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _format_stats(name: str, stats) -> str:
+def _format_stats(name: str, stats: ColumnStats) -> str:
     fields = "  ".join(f"{f}={np.array2string(getattr(stats, f), precision=4, max_line_width=10_000)}"
-                       for f in STAT_FIELDS)
+                       for f in stats.present_fields)
     return f"    {name:<32} {fields}"
 
 
@@ -221,11 +245,11 @@ def stats_main(argv: list[str] | None = None) -> int:
     for group, entry, where in tqdm(list(_iter_datasets(config_file, groups)), desc="stats", unit="dataset"):
         try:
             dataset = LeRobotDataset(resolve_dataset_path(entry.name, relative_to=config_file.parent),
-                                     group.video_backend)
+                                     group.video_backend, video_backend_kwargs=group.video_backend_kwargs)
             config = get_data_config(entry.data_config_name)(embodiment_tag=entry.embodiment_tag)
             stats = compute_dataset_stats(dataset, args.cache_dir, columns=config.source_columns())
             metadata = build_dataset_metadata(dataset, config, stats)
-        except (LookupError, OSError, ValueError) as err:
+        except (LookupError, OSError, ValueError, ImportError) as err:
             print(f"ERROR {where}: {err}", file=sys.stderr)
             return 1
         sources[group.name].append(MetadataSource(entry.name, metadata, dataset.num_frames, entry.embodiment_tag))

@@ -17,6 +17,7 @@ defaulting to 0, crashes on omitted lists, silently dropped unknown keys).
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,9 @@ import yaml
 
 from beingh.data.embodiment import get_data_config
 from beingh.data.metadata import resolve_stats_level
-from beingh.data.video import resolve_video_backend
+from beingh.data.video import DECODER_OPTIONS, resolve_video_backend
+
+logger = logging.getLogger(__name__)
 
 SAMPLING_STRATEGIES = ("step", "trajectory")
 VIT_TRANSFORM_KEYS = frozenset(
@@ -50,6 +53,7 @@ VIT_TRANSFORM_KEYS = frozenset(
     }
 )
 """Keys accepted in `vit_transform_args` (the reference's); only the default transform is implemented."""
+_EFFECTIVE_VIT_TRANSFORM_KEYS = frozenset({"normalize_type", "transform_type"})
 
 _REQUIRED_LIST_KEYS = ("dataset_names", "data_config_names", "embodiment_tags")
 _PER_DATASET_INT_KEYS = {
@@ -186,7 +190,7 @@ def _parse_group(source: Path, name: str, body: Any) -> DatasetGroup:
         datasets=datasets,
         sampling_strategy=strategy,
         video_backend=backend,
-        video_backend_kwargs=_mapping(where, "video_backend_kwargs", body.get("video_backend_kwargs")),
+        video_backend_kwargs=_video_backend_kwargs(where, body.get("video_backend_kwargs")),
         stats_level=stats_level,
         weight=float(weight),
         vit_transform_args=_vit_transform_args(where, body.get("vit_transform_args")),
@@ -221,6 +225,16 @@ def _mapping(where: str, key: str, value: Any) -> dict[str, Any]:
     return dict(value)
 
 
+def _video_backend_kwargs(where: str, value: Any) -> dict[str, Any]:
+    kwargs = _mapping(where, "video_backend_kwargs", value)
+    unknown = sorted(set(kwargs) - set(DECODER_OPTIONS))
+    if unknown:
+        raise DatasetConfigError(
+            f"{where}: key 'video_backend_kwargs': unknown key(s) {unknown}; known: {list(DECODER_OPTIONS)}"
+        )
+    return kwargs
+
+
 def _vit_transform_args(where: str, value: Any) -> dict[str, Any]:
     args = _mapping(where, "vit_transform_args", value)
     unknown = sorted(set(args) - VIT_TRANSFORM_KEYS)
@@ -238,6 +252,11 @@ def _vit_transform_args(where: str, value: Any) -> dict[str, Any]:
             f"{where}: key 'vit_transform_args.transform_type': only 'default' is supported for robot data, "
             f"got {args['transform_type']!r}"
         )
+    ignored = sorted(set(args) - _EFFECTIVE_VIT_TRANSFORM_KEYS)
+    if ignored:
+        # Accepted so the reference's YAMLs load, but (as in the reference) they change nothing: say so.
+        logger.warning("%s: vit_transform_args %s have no effect: the transform is always the default one "
+                       "(crop 95-100%%, colour jitter, ImageNet normalization)", where, ignored)
     return args
 
 

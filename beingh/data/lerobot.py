@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -164,9 +164,11 @@ class LeRobotDataset:
 
     Not thread-safe (one instance per thread or process); pickling drops the caches, and caches
     inherited through fork are discarded on first use, so DataLoader workers are safe.
+    `video_backend_kwargs` (the dataset YAML's key of that name) go to `make_video_decoder`.
     """
 
-    def __init__(self, root: str | Path, video_backend: str = "pyav", cache_bytes: int = 512 * 2**20):
+    def __init__(self, root: str | Path, video_backend: str = "pyav", cache_bytes: int = 512 * 2**20,
+                 video_backend_kwargs: Mapping[str, Any] | None = None):
         self.root = Path(root)
         if not self.root.is_dir():
             raise FileNotFoundError(f"LeRobot dataset root {self.root} is not a directory")
@@ -192,7 +194,7 @@ class LeRobotDataset:
             self._episodes_by_file.setdefault(ep.data_file, []).append(ep)
         self._check_files_exist()
         self.video_backend = video_backend
-        self._decoder = make_video_decoder(video_backend)
+        self._decoder = make_video_decoder(video_backend, **(video_backend_kwargs or {}))
         self.cache_bytes = cache_bytes
         self._columns = ProcessLocalLRU(cache_bytes)
         self._schemas: dict[Path, list[str]] = {}

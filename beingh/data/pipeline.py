@@ -280,7 +280,8 @@ def _load_group(group: DatasetGroup, group_id: int, data_args: DataArgs, action_
     base_dir = group.source_file.parent if group.source_file is not None else None
     datasets, configs, sources = [], [], []
     for entry in group.datasets:
-        dataset = LeRobotDataset(resolve_dataset_path(entry.name, relative_to=base_dir), group.video_backend)
+        dataset = LeRobotDataset(resolve_dataset_path(entry.name, relative_to=base_dir), group.video_backend,
+                                 video_backend_kwargs=group.video_backend_kwargs)
         config = get_data_config(entry.data_config_name)(
             embodiment_tag=entry.embodiment_tag,
             use_fixed_view=data_args.use_fixed_view,

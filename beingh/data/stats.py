@@ -56,13 +56,15 @@ class ColumnStats:
     def __post_init__(self) -> None:
         if (self.q01 is None) != (self.q99 is None):
             raise ValueError("ColumnStats: q01 and q99 must both be given or both be None")
-        for name in self._present():
+        for name in self.present_fields:
             setattr(self, name, np.atleast_1d(np.asarray(getattr(self, name), dtype=np.float64)))
-        dims = {getattr(self, name).shape for name in self._present()}
+        dims = {getattr(self, name).shape for name in self.present_fields}
         if len(dims) != 1 or len(next(iter(dims))) != 1:
             raise ValueError(f"ColumnStats fields must be 1-D and of equal length, got shapes {dims}")
 
-    def _present(self) -> tuple[str, ...]:
+    @property
+    def present_fields(self) -> tuple[str, ...]:
+        """The fields that hold values: all of STAT_FIELDS, or MOMENT_FIELDS when quantiles are absent."""
         return STAT_FIELDS if self.q01 is not None else MOMENT_FIELDS
 
     @property

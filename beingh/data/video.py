@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 
 SUPPORTED_VIDEO_BACKENDS = ("pyav", "torchcodec")
+DECODER_OPTIONS = ("tolerance_s", "max_open_files", "threads")
+"""Keyword arguments of `make_video_decoder` that a dataset YAML may set (`video_backend_kwargs`)."""
 # The shipped upstream YAMLs name the PyAV path through torchvision ("torchvision_av").
 _BACKEND_ALIASES = {"pyav": "pyav", "av": "pyav", "torchvision_av": "pyav", "torchcodec": "torchcodec"}
 # Frames this close to a target are the target: covers float32 timestamps (LeRobot's own tolerance).
