@@ -16,6 +16,11 @@ import torch
 UNIFIED_DIM = 200
 """Width of the unified state and action vectors (reference/guide_unified_action_space.md)."""
 
+ATTN_MODES = ("causal", "full", "actionfull", "causal_actionfull")
+"""Attention layouts a pack can carry (`--attn_mode`). The prompt builder turns a mode into `segment_ids`:
+`full` modes make each image block (with `<img>`/`</img>`) one bidirectional segment, `actionfull` modes
+make each sample's action block one; causal everywhere else. The model reads only `segment_ids`."""
+
 
 @dataclass
 class PackedBatch:

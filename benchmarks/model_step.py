@@ -1,12 +1,17 @@
 """Forward+backward throughput of BeingH on one packed batch, and sampling latency with/without the K/V cache.
 
-Full shape (default): InternViT-300M + Qwen3-1.7B VLM + Qwen3-0.6B-shaped expert, random weights built on
-the meta device and materialised on the GPU, bf16, one ~8k-token pack of 37 LIBERO-like samples (2 views
-each). `--tiny` runs the tiny config on CPU as a smoke check. Prints one JSON object.
+Full shape (default, CUDA only): InternViT-300M + Qwen3-1.7B VLM + Qwen3-0.6B-shaped expert with MPG,
+random weights built on the meta device and materialised directly on the GPU (no 11 GB CPU copy), cast
+to bf16 (pure bf16 parameters; the trainer's fp32-master path is `benchmarks/train_throughput.py`), one
+~8k-token pack of 37 LIBERO-like samples (2 views each). `--tiny` runs the tiny config on CPU as a smoke
+check. Prints one JSON object: config, device, median step time, tokens/s, model TFLOPs, MFU, peak memory.
 
-MFU counts 6 * params * tokens per stream (VLM layers for text/image tokens, expert layers for state/action
-tokens, ViT on its 257 patch tokens per view, connector on 64 tokens per view) plus attention
-(12 * d_attn * sum of per-sample causal pairs per layer, fwd+bwd), against the device's dense bf16 peak.
+FLOPs and MFU: `beingh.model.flops.training_flops` (formula in its docstring: 6 x parameters x tokens of
+the stream that uses them + 12 x d_attn x document-causal pairs per layer, checkpoint recompute not
+counted) against the device's dense bf16 peak (`beingh.model.flops.PEAK_BF16_TFLOPS`).
+
+    python benchmarks/model_step.py                 # 2B shape on the GPU
+    python benchmarks/model_step.py --tiny          # CPU smoke check (a few seconds)
 """
 
 from __future__ import annotations
@@ -14,42 +19,22 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 
-from beingh.model.beingh import BeingH
-from beingh.model.config import BeingHConfig
-from beingh.model.tiny import synthetic_packed_batch, tiny_config
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "B200": 2250.0}
-
-
-def _params(module: torch.nn.Module, include=lambda name: True) -> int:
-    return sum(p.numel() for n, p in module.named_parameters() if include(n))
+from beingh.model.beingh import BeingH  # noqa: E402
+from beingh.model.config import BeingHConfig  # noqa: E402
+from beingh.model.flops import peak_bf16_tflops, training_flops  # noqa: E402
+from beingh.model.tiny import LIBERO_TEXT_LENS, synthetic_packed_batch, tiny_config  # noqa: E402
 
 
-def step_flops(model: BeingH, batch) -> float:
-    """Training FLOPs (fwd + bwd) of one step on `batch`."""
-    cfg = model.config
-    layers = model.language_model.model.layers
-    und_params = _params(layers, lambda n: "_mot_gen" not in n)
-    gen_params = _params(layers, lambda n: "_mot_gen" in n)
-    n_img = batch.pixel_values.shape[0]
-    n_gen = batch.num_samples * (1 + batch.chunk_length)
-    n_und = batch.num_tokens - n_gen
-    vit_tokens = n_img * ((cfg.force_image_size // cfg.vit.patch_size) ** 2 + 1)
-    dense = 6 * (und_params * n_und + gen_params * n_gen)
-    dense += (
-        6 * _params(model.vit_model.encoder) * vit_tokens
-        + 6 * _params(model.connector) * n_img * cfg.tokens_per_image
-    )
-    d_attn = cfg.llm.num_attention_heads * cfg.llm.head_dim
-    causal_pairs = sum(n * (n + 1) / 2 for n in batch.sample_lens)
-    attn = 12 * d_attn * causal_pairs * cfg.llm.num_hidden_layers
-    vit_seq = vit_tokens / max(n_img, 1)
-    attn += 12 * cfg.vit.hidden_size * vit_seq**2 * n_img * cfg.vit.num_hidden_layers
-    return float(dense + attn)
+def _params(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
 
 
 def _sync(device: torch.device) -> None:
@@ -71,6 +56,7 @@ def _time(fn, device: torch.device, warmup: int, iters: int) -> list[float]:
 
 
 def build(config: BeingHConfig, device: torch.device, dtype: torch.dtype) -> BeingH:
+    """Random-weight model: built on the meta device, allocated on `device`, initialised there."""
     with torch.device("meta"):
         model = BeingH(config)
     model.to_empty(device=device)
@@ -83,9 +69,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tiny", action="store_true", help="tiny config (CPU smoke check)")
     parser.add_argument("--samples", type=int, default=37)
     parser.add_argument("--views", type=int, default=2)
-    parser.add_argument(
-        "--text", type=int, nargs=2, default=(45, 24), help="text tokens before/after the views"
-    )
     parser.add_argument("--attn-backend", default="auto", choices=("auto", "sdpa", "flex"))
     parser.add_argument("--grad-ckpt", action="store_true")
     parser.add_argument("--no-mpg", action="store_true")
@@ -94,6 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     device = torch.device("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
+    if device.type != "cuda" and not args.tiny:
+        print("the 2B benchmark needs a CUDA device; use --tiny on CPU", file=sys.stderr)
+        return 2
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     overrides = {
         "attn_backend": args.attn_backend,
@@ -102,10 +88,10 @@ def main(argv: list[str] | None = None) -> int:
         "mpg_lambda": 0.0 if args.no_mpg else 0.1,
     }
     config = tiny_config(**overrides) if args.tiny else BeingHConfig(**overrides)
-    samples = 4 if args.tiny else args.samples
+    samples = min(args.samples, 4) if args.tiny else args.samples
     torch.manual_seed(0)
     model = build(config, device, dtype).train()
-    batch = synthetic_packed_batch(config, [args.views] * samples, text_lens=tuple(args.text)).to(device)
+    batch = synthetic_packed_batch(config, [args.views] * samples, text_lens=LIBERO_TEXT_LENS).to(device)
     batch.pixel_values = batch.pixel_values.to(dtype)
 
     def train_step() -> None:
@@ -116,40 +102,44 @@ def main(argv: list[str] | None = None) -> int:
         torch.cuda.reset_peak_memory_stats()
     times = _time(train_step, device, args.warmup, args.iters)
     step_s = statistics.median(times)
-    flops = step_flops(model, batch)
+    peak_memory_gib = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
+    flops = training_flops(model, config, batch)
     gpu_name = torch.cuda.get_device_name() if device.type == "cuda" else None
-    peak = next((v for k, v in PEAK_BF16_TFLOPS.items() if gpu_name and k in gpu_name), None)
+    peak = peak_bf16_tflops(gpu_name) if gpu_name else None
 
     model.eval()
-    single = synthetic_packed_batch(config, [args.views], text_lens=tuple(args.text)).to(device)
+    single = synthetic_packed_batch(config, [args.views], text_lens=LIBERO_TEXT_LENS).to(device)
     single.pixel_values = single.pixel_values.to(dtype)
     latency = {}
     for use_cache in (True, False):
-        t = _time(lambda c=use_cache: model.sample_actions(single, use_cache=c), device, 2, 5)
+        t = _time(
+            lambda c=use_cache: model.sample_actions(single, use_cache=c), device, args.warmup, args.iters
+        )
         latency["cached_ms" if use_cache else "uncached_ms"] = round(1000 * statistics.median(t), 2)
 
     result = {
         "benchmark": "model_step",
-        "device": gpu_name or "cpu",
-        "torch": torch.__version__,
-        "dtype": str(dtype),
-        "config": "tiny" if args.tiny else "2B (InternViT-300M + Qwen3-1.7B + 0.6B expert)",
-        "params": _params(model),
-        "attn_backend": args.attn_backend,
-        "gradient_checkpointing": args.grad_ckpt,
-        "mpg": not args.no_mpg,
-        "samples": samples,
-        "tokens": batch.num_tokens,
-        "images": int(batch.pixel_values.shape[0]),
-        "fwd_bwd_s_median": round(step_s, 5),
-        "fwd_bwd_s_all": [round(t, 5) for t in times],
-        "tokens_per_s": round(batch.num_tokens / step_s, 1),
-        "tflops_per_step": round(flops / 1e12, 3),
-        "achieved_tflops": round(flops / step_s / 1e12, 2),
-        "mfu": round(flops / step_s / 1e12 / peak, 4) if peak else None,
-        "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2)
-        if device.type == "cuda"
-        else None,
+        "config": {
+            "model": "tiny"
+            if args.tiny
+            else "beingh-2B (InternViT-300M + Qwen3-1.7B-shaped LLM + 0.6B expert)",
+            "parameters": _params(model),
+            "dtype": str(dtype),
+            "attn_backend": args.attn_backend,
+            "gradient_checkpointing": args.grad_ckpt,
+            "mpg": not args.no_mpg,
+            "samples": samples,
+            "pack_tokens": batch.num_tokens,
+            "images": int(batch.pixel_values.shape[0]),
+        },
+        "device": {"type": device.type, "name": gpu_name or "cpu", "torch": torch.__version__},
+        "fwd_bwd_s_median": step_s,
+        "fwd_bwd_s_all": times,
+        "tokens_per_s": batch.num_tokens / step_s,
+        "model_tflops_per_step": flops / 1e12,
+        "achieved_tflops": flops / step_s / 1e12,
+        "mfu": flops / step_s / 1e12 / peak if peak else None,
+        "peak_memory_gib": peak_memory_gib,
         "sample_actions_b1": {**latency, "num_steps": config.num_inference_timesteps},
     }
     print(json.dumps(result, indent=2))

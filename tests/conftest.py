@@ -5,11 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_FIXTURES = REPO_ROOT.parent / "shared" / "fixtures"
 LEROBOT_FIXTURES = SHARED_FIXTURES / "lerobot"
 TINY_CHECKPOINT = SHARED_FIXTURES / "beingh05_tiny_checkpoint"
+
+# Tests use tiny tensors on 2 cores shared with other processes: intra-op worker threads then spin against
+# each other and the other processes (measured 10-30x slower model tests under load), for no gain.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

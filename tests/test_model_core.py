@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import replace
 
 import pytest
 import torch
 
+from beingh.batch import ATTN_MODES
+from beingh.model.action_head import sinusoidal_embedding
+from beingh.model.attention import TokenMeta, dense_mask
 from beingh.model.beingh import BeingH
 from beingh.model.config import BeingHConfig
 from beingh.model.flow import masked_mse, time_buckets
@@ -48,6 +52,17 @@ def test_flow_constants_are_configurable():
     assert time_buckets(torch.tensor([-0.001, 0.0, 0.75, 1.0]), 1000).tolist() == [0, 0, 750, 1000]
 
 
+def test_time_embedding_and_buckets_follow_the_reference():
+    """PE(tau) = [sin(tau w_i), cos(tau w_i)], w_i = exp(-i ln(10000) / (dim / 2)), tau = floor(1000 t)."""
+    tau = torch.tensor([0, 250, 1000])
+    pe = sinusoidal_embedding(tau, 8)
+    w = torch.exp(-torch.arange(4.0) * math.log(10000.0) / 4)
+    torch.testing.assert_close(
+        pe, torch.cat([torch.sin(tau[:, None] * w), torch.cos(tau[:, None] * w)], dim=-1)
+    )
+    assert time_buckets(torch.tensor([0.2509, 0.999]), 1000).tolist() == [250, 999]
+
+
 def test_loss_decreases_when_overfitting_one_pack():
     model = _model(use_mpg=True, mpg_lambda=0.1)
     batch = synthetic_packed_batch(model.config, [1, 1], seed=1)
@@ -62,6 +77,47 @@ def test_loss_decreases_when_overfitting_one_pack():
         losses.append(out.loss.item())
     assert losses[-1] < 0.4 * losses[0], losses
     assert set(out.metrics) >= {"action_loss", "mpg_gate", "mpg_distance", "rtc_delay_mean"}
+
+
+def test_document_mask_rule():
+    """Sample 0 = [text, img, img, act, act] with the image pair and the action pair as bidirectional
+    segments; sample 1 = [text, act]. Causal within a sample, bidirectional within a segment, never across."""
+    meta = TokenMeta(
+        sample_ids=torch.tensor([0, 0, 0, 0, 0, 1, 1]),
+        pack_index=torch.arange(7),
+        segment_ids=torch.tensor([-1, 0, 0, 1, 1, -1, -1]),
+    )
+    expected = torch.tensor(
+        [
+            [1, 0, 0, 0, 0, 0, 0],
+            [1, 1, 1, 0, 0, 0, 0],
+            [1, 1, 1, 0, 0, 0, 0],
+            [1, 1, 1, 1, 1, 0, 0],
+            [1, 1, 1, 1, 1, 0, 0],
+            [0, 0, 0, 0, 0, 1, 0],
+            [0, 0, 0, 0, 0, 1, 1],
+        ],
+        dtype=torch.bool,
+    )
+    assert torch.equal(dense_mask(meta, meta), expected)
+    # Cached action steps: queries are the action tokens, keys are cache + the action tokens.
+    actions = torch.tensor([3, 4])
+    assert torch.equal(dense_mask(meta.select(actions), meta), expected[actions])
+
+
+def test_attn_mode_names_are_shared_and_checked():
+    assert tiny_config(attn_mode="causal_actionfull").attn_mode == "causal_actionfull"
+    with pytest.raises(ValueError, match="attn_mode must be one of"):
+        tiny_config(attn_mode="bidirectional")
+    with pytest.raises(ValueError, match="attn_mode must be one of"):
+        synthetic_packed_batch(tiny_config(), [1], attn_mode="bidirectional")
+    batch = synthetic_packed_batch(tiny_config(), [2], attn_mode="full")
+    image_positions = batch.position_ids[batch.image_token_indexes]
+    assert image_positions.unique().numel() == 2  # one RoPE position per image block, as the prompt builder
+    assert (batch.segment_ids[batch.action_indexes] == -1).all()
+    full_actions = synthetic_packed_batch(tiny_config(), [1, 1], attn_mode="causal_actionfull")
+    action_segments = full_actions.segment_ids[full_actions.action_indexes]
+    assert (action_segments >= 0).all() and action_segments[:, 0].unique().numel() == 2
 
 
 def test_masked_dims_do_not_count():
@@ -81,10 +137,14 @@ def test_masked_dims_do_not_count():
     assert torch.all(bias_grad[6:] == 0) and torch.any(bias_grad[:6] != 0)
 
 
-def test_packed_samples_match_samples_run_alone():
-    model = _model(use_mpg=True, mpg_lambda=0.5).eval()
+@pytest.mark.parametrize("attn_mode", ["causal", "actionfull"])
+def test_packed_samples_match_samples_run_alone(attn_mode):
+    model = _model(use_mpg=True, mpg_lambda=0.5, attn_mode=attn_mode).eval()
     views = [1, 2, 1]
-    batches = [synthetic_packed_batch(model.config, [v], seed=10 + i) for i, v in enumerate(views)]
+    batches = [
+        synthetic_packed_batch(model.config, [v], seed=10 + i, attn_mode=attn_mode)
+        for i, v in enumerate(views)
+    ]
     packed = _concat(batches)
     noise, time = _draws(3)
     together = model.sample_actions(packed, noise=noise)
@@ -132,10 +192,10 @@ def _concat(batches):
     )
 
 
-@pytest.mark.parametrize("full_images", [False, True])
-def test_cached_sampling_equals_uncached(full_images):
-    model = _model(use_mpg=True, mpg_lambda=0.3, mpg_refinement_iters=1).eval()
-    batch = synthetic_packed_batch(model.config, [2, 1, 1], seed=4, full_image_segments=full_images)
+@pytest.mark.parametrize("attn_mode", ATTN_MODES)
+def test_cached_sampling_equals_uncached(attn_mode):
+    model = _model(use_mpg=True, mpg_lambda=0.3, mpg_refinement_iters=1, attn_mode=attn_mode).eval()
+    batch = synthetic_packed_batch(model.config, [2, 1, 1], seed=4, attn_mode=attn_mode)
     noise, _ = _draws(3)
     cached = model.sample_actions(batch, noise=noise, use_cache=True)
     full = model.sample_actions(batch, noise=noise, use_cache=False)
@@ -161,6 +221,16 @@ def test_training_time_rtc_excludes_the_prefix_from_the_loss():
     batch = synthetic_packed_batch(model.config, [1, 1], seed=6)
     noise, time = _draws(2)
     assert model(batch, noise=noise, time=time, rtc_delay=torch.tensor([T, T])).loss == 0
+    # Committed steps are fed clean (t=1: x_t = a, whatever the noise) and carry no loss.
+    delay = torch.tensor([3, 5])
+    reference = model(batch, noise=noise, time=time, rtc_delay=delay).loss
+    prefix_noise = noise.clone()
+    prefix_noise[0, :3] += 10.0
+    prefix_noise[1, :5] -= 10.0
+    torch.testing.assert_close(model(batch, noise=prefix_noise, time=time, rtc_delay=delay).loss, reference)
+    no_delay = torch.zeros(2, dtype=torch.long)
+    without_rtc = [model(batch, noise=n, time=time, rtc_delay=no_delay).loss for n in (noise, prefix_noise)]
+    assert not torch.allclose(*without_rtc)
     out = model(batch, noise=noise, time=time)  # delays drawn inside, vectorised
     assert torch.isfinite(out.loss) and 0 <= out.metrics["rtc_delay_mean"] < 4
     off = _model(use_training_time_rtc=True, simulated_delay=0).train()
@@ -172,7 +242,7 @@ def test_sdpa_and_flex_backends_agree():
     sdpa = _model(attn_backend="sdpa")
     flex = copy.deepcopy(sdpa)
     flex.config = replace(flex.config, attn_backend="flex")
-    batch = synthetic_packed_batch(sdpa.config, [1, 2], seed=7, full_image_segments=True)
+    batch = synthetic_packed_batch(sdpa.config, [1, 2], seed=7, attn_mode="actionfull")
     noise, time = _draws(2)
     with torch.no_grad():  # flex has no CPU backward; on CUDA it is compiled and trains
         a, b = sdpa(batch, noise=noise, time=time).loss, flex(batch, noise=noise, time=time).loss
@@ -206,7 +276,8 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     for name, grad in ref.items():
         torch.testing.assert_close(dict(model.named_parameters())[name].grad, grad, atol=1e-6, rtol=1e-5)
     units = model.fsdp_units()
-    assert len(units) == model.config.vit.num_hidden_layers + model.config.llm.num_hidden_layers
+    assert len(units) == model.config.vit.num_hidden_layers + model.config.llm.num_hidden_layers + 1
+    assert units[-1] is model.language_model.lm_head
 
 
 def test_bad_batches_raise_clear_errors():

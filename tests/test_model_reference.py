@@ -143,3 +143,14 @@ def test_internvit_matches_the_transformers_port():
         torch.testing.assert_close(
             ours(pixels), hf(pixel_values=pixels).last_hidden_state, atol=1e-5, rtol=1e-4
         )
+
+
+def test_pixel_shuffle_matches_internvl():
+    from transformers.models.internvl.modeling_internvl import InternVLModel
+
+    from beingh.model.vision import pixel_shuffle
+
+    features = torch.randn(2, 16, 16, 24)  # a 224 px view: 16 x 16 patches -> 8 x 8 = 64 tokens of 4 x 24
+    ours = pixel_shuffle(features, 0.5)
+    assert ours.shape == (2, 8, 8, 96)
+    torch.testing.assert_close(ours, InternVLModel.pixel_shuffle(None, features, 0.5), atol=0, rtol=0)

@@ -47,6 +47,7 @@ def minimal(tmp_path: Path) -> list[str]:
     ckpt.mkdir()
     (ckpt / "config.json").write_text("{}")
     (ckpt / "model.safetensors").write_bytes(b"")
+    (ckpt / "tokenizer.json").write_text("{}")
     return [
         "--dataset_config_file", str(yaml_file), "--output_dir", str(tmp_path / "out"),
         "--resume_from", str(ckpt), "--resume_model_only", "True", "--max_steps", "10",
@@ -75,11 +76,36 @@ def test_every_guide_argument_has_the_guide_default(minimal):
 
 
 def test_help_lists_groups_with_descriptions():
-    text = build_parser().format_help()
+    parser = build_parser()
+    text = parser.format_help()
     for title in ("Required / paths", "Training", "Model", "Data", "Sequence", "Freeze", "MPG", "RTC"):
         assert f"\n{title}:" in text
     assert "Sliced Wasserstein projections" in text
     assert "(required)" in text
+    undocumented = [a.dest for a in parser._actions if a.option_strings and len(a.help or "") < 8]
+    assert not undocumented, undocumented
+    group_of = {a.dest: g.title for g in parser._action_groups for a in g._group_actions}
+    assert group_of["mpg.mpg_lambda"] == "MPG" and group_of["freeze.freeze_llm"] == "Freeze"
+
+
+def test_arguments_beyond_the_guide(minimal):
+    """The issue's extra arguments exist with useful defaults."""
+    parsed = parse_args(minimal)
+    assert parsed.training.save_merged_metadata is False and parsed.training.save_model_only is False
+    assert parsed.paths.logging_dir == "" and parsed.training.seed == 42
+    assert parsed.model.grad_checkpoint is False and parsed.model.num_inference_timesteps == 4
+    assert parsed.training.keep_last_n_checkpoints == 0
+    custom = parse_args([*minimal, "--logging_dir", "/tmp/tb", "--seed", "7", "--grad_checkpoint"])
+    assert str(custom.logging_dir) == "/tmp/tb" and custom.training.seed == 7 and custom.model.grad_checkpoint
+
+
+def test_attn_modes_have_one_source_of_truth(minimal):
+    from beingh import batch
+    from beingh.data import prompt
+
+    assert prompt.ATTN_MODES is batch.ATTN_MODES
+    for mode in batch.ATTN_MODES:
+        assert parse_args([*minimal, "--attn_mode", mode]).sequence.attn_mode == mode
 
 
 def test_boolean_spellings(minimal):
@@ -107,6 +133,11 @@ def test_unknown_argument_is_rejected(minimal, capsys):
         (["--use_flow_matching", "False"], "not supported"),
         (["--resume_model_only", "False"], "--resume_model_only True"),
         (["--mllm_path", "/nonexistent/internvl"], "--mllm_path: folder not found"),
+        (["--attn_mode", "bidirectional"], "--attn_mode must be one of"),
+        (["--mpg_gate_temperature", "0"], "--mpg_gate_temperature must be > 0"),
+        (["--mpg_refinement_iters", "-1"], "--mpg_refinement_iters"),
+        (["--beta2", "1.0"], "--beta2 must be in [0, 1)"),
+        (["--simulated_delay", "16"], "must be < --action_chunk_length"),
     ],
 )
 def test_contradictions_are_clear_errors(minimal, extra, message):
@@ -120,6 +151,19 @@ def test_model_source_and_data_file_are_required(minimal, tmp_path):
         parse_args(without_model)
     with pytest.raises(ArgumentError, match="dataset_config_file: file not found"):
         parse_args(["--dataset_config_file", str(tmp_path / "none.yaml"), *minimal[2:]])
+
+
+def test_resume_and_tokenizer_contradictions(minimal, tmp_path):
+    without_resume = [*minimal[:4], *minimal[6:]]
+    mllm = tmp_path / "internvl"
+    mllm.mkdir()
+    (mllm / "config.json").write_text("{}")
+    expert = ["--expert_path", str(mllm)]
+    with pytest.raises(ArgumentError, match="no tokenizer files"):
+        parse_args([*without_resume, "--mllm_path", str(mllm), *expert, "--resume_model_only", "False"])
+    (mllm / "tokenizer.json").write_text("{}")
+    with pytest.raises(ArgumentError, match="--resume_model_only True needs --resume_from"):
+        parse_args([*without_resume, "--mllm_path", str(mllm), *expert])
 
 
 def test_cli_reports_errors_without_traceback(minimal, capsys):

@@ -135,3 +135,16 @@ def test_resume_with_other_world_size_is_refused(tmp_path, setup):
     TrainerState(step=1, world_size=4).save(path / "train_state" / "trainer_state.json")
     with pytest.raises(ValueError, match="saved by 4 processes"):
         load_train_state(path, model, opt, sched, info)
+
+
+def test_fsdp_wraps_every_unit_and_the_root(setup):
+    from torch.distributed.fsdp import FSDPModule
+
+    from beingh.train.distributed import mixed_precision_policy
+
+    _, model, _, _ = setup
+    assert isinstance(model, FSDPModule) and all(isinstance(b, FSDPModule) for b in model.blocks)
+    assert not isinstance(model.head, FSDPModule)  # collected by the root
+    cuda = mixed_precision_policy(torch.device("cuda"))
+    assert (cuda.param_dtype, cuda.reduce_dtype) == (torch.bfloat16, torch.float32)  # fp32 master + reduce
+    assert mixed_precision_policy(torch.device("cpu")).param_dtype == torch.float32

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from beingh.batch import ATTN_MODES
 from beingh.data.sample import RobotSample
 from beingh.data.tokenizer import special_token_ids
 
@@ -33,7 +34,6 @@ PROMPT_TEMPLATES = {
     "long": "According to the instruction '{task}', what's the micro-step actions in the next {T} steps?",
     "short": "{task}",
 }
-ATTN_MODES = ("causal", "full", "actionfull", "causal_actionfull")
 VIT_PATCH_SIZE = 14
 _LAYOUT_CACHE_SIZE = 4096
 

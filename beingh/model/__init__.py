@@ -2,6 +2,6 @@
 
 Entry points: `beingh.model.beingh.BeingH` (forward -> flow-matching loss, `sample_actions`,
 `save_pretrained`/`from_pretrained`), `beingh.model.config.BeingHConfig`, `beingh.model.loading`
-(`build_model`, `init_expert`, `load_checkpoint`) and `beingh.model.tiny` (tiny configs, weight folders and
-synthetic packs for tests and demos).
+(`build_model`, `init_expert`, `load_checkpoint`), `beingh.model.tiny` (tiny configs, weight folders and
+synthetic packs for tests and demos) and `beingh.model.flops` (training FLOPs of a pack, for MFU).
 """

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from beingh.batch import UNIFIED_DIM
+from beingh.batch import ATTN_MODES, UNIFIED_DIM
 
 ATTN_BACKENDS = ("auto", "sdpa", "flex")
 
@@ -79,8 +79,8 @@ class BeingHConfig:
     num_timestep_buckets: int = 1000
     num_inference_timesteps: int = 4
     attn_mode: str = "causal"
-    """Recorded for the prompt builder (which validates it); the model reads the mask from the batch's
-    `segment_ids`, so training and inference always use the same mask."""
+    """One of `beingh.batch.ATTN_MODES`, recorded for the prompt builder (training and the policy build
+    packs with it); the model reads the mask from the batch's `segment_ids`, so both use the same mask."""
     attn_backend: str = "auto"
     """"sdpa" (dense boolean mask), "flex" (BlockMask; compiled on CUDA) or "auto" (flex on CUDA for long packs)."""
     # Manifold-preserving gating (reference/upstream_model.md §4, without §9.1's bugs).
@@ -99,6 +99,8 @@ class BeingHConfig:
     gradient_checkpointing: bool = False
 
     def __post_init__(self) -> None:
+        if self.attn_mode not in ATTN_MODES:
+            raise ValueError(f"attn_mode must be one of {ATTN_MODES}, got {self.attn_mode!r}")
         if self.attn_backend not in ATTN_BACKENDS:
             raise ValueError(f"attn_backend must be one of {ATTN_BACKENDS}, got {self.attn_backend!r}")
         if self.llm.num_hidden_layers != self.expert.num_hidden_layers:

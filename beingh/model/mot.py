@@ -126,32 +126,29 @@ class MoTAttention(nn.Module):
         self.q_norm_mot_gen = RMSNorm(self.head_dim, expert.rms_norm_eps)
         self.k_norm_mot_gen = RMSNorm(self.head_dim, expert.rms_norm_eps)
 
-    def _project(self, x: torch.Tensor, proj: nn.Linear, norm: RMSNorm | None, heads: int) -> torch.Tensor:
-        out = proj(x).view(x.shape[0], heads, self.head_dim)
-        return norm(out) if norm is not None else out
+    def _joint(
+        self,
+        x_und: torch.Tensor,
+        x_gen: torch.Tensor,
+        projs: tuple[nn.Linear, nn.Linear],
+        heads: int,
+        norms: tuple[RMSNorm | None, RMSNorm | None] = (None, None),
+    ) -> torch.Tensor:
+        """Both streams projected (and QK-normed) into the shared head space: (N_und + N_gen, heads, d)."""
+        parts = []
+        for x, proj, norm in zip((x_und, x_gen), projs, norms):
+            out = proj(x).view(x.shape[0], heads, self.head_dim)
+            parts.append(norm(out) if norm is not None else out)
+        return torch.cat(parts)
 
     def forward(
         self, x_und: torch.Tensor, x_gen: torch.Tensor, inputs: AttentionInputs
     ) -> tuple[torch.Tensor, torch.Tensor]:
         layout = inputs.layout
-        q = torch.cat(
-            [
-                self._project(x_und, self.q_proj, self.q_norm, self.num_heads),
-                self._project(x_gen, self.q_proj_mot_gen, self.q_norm_mot_gen, self.num_heads),
-            ]
-        )
-        k = torch.cat(
-            [
-                self._project(x_und, self.k_proj, self.k_norm, self.num_kv_heads),
-                self._project(x_gen, self.k_proj_mot_gen, self.k_norm_mot_gen, self.num_kv_heads),
-            ]
-        )
-        v = torch.cat(
-            [
-                self._project(x_und, self.v_proj, None, self.num_kv_heads),
-                self._project(x_gen, self.v_proj_mot_gen, None, self.num_kv_heads),
-            ]
-        )
+        q_norms, k_norms = (self.q_norm, self.q_norm_mot_gen), (self.k_norm, self.k_norm_mot_gen)
+        q = self._joint(x_und, x_gen, (self.q_proj, self.q_proj_mot_gen), self.num_heads, q_norms)
+        k = self._joint(x_und, x_gen, (self.k_proj, self.k_proj_mot_gen), self.num_kv_heads, k_norms)
+        v = self._joint(x_und, x_gen, (self.v_proj, self.v_proj_mot_gen), self.num_kv_heads)
         q = apply_rope(q, layout.cos, layout.sin)[layout.to_attn]
         k = apply_rope(k, layout.cos, layout.sin)[layout.to_attn]
         v = v[layout.to_attn]

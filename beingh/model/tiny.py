@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from beingh.batch import PackedBatch
+from beingh.batch import ATTN_MODES, PackedBatch
 from beingh.model.config import BeingHConfig, ExpertConfig, LLMConfig, VisionConfig
 
 
@@ -187,18 +187,28 @@ def write_tiny_qwen3_folder(path: str | Path, config: BeingHConfig | None = None
     return out
 
 
+LIBERO_TEXT_LENS = (45, 24)
+"""Text tokens of a LIBERO-like being_h0 prompt before the views and after the state token (with two
+224 px views: ~221 tokens per sample, 37 samples per 8192-token pack). For benchmarks."""
+
+
 def synthetic_packed_batch(
     config: BeingHConfig,
     num_views: list[int],
     text_lens: tuple[int, int] = (6, 4),
     active_dims: int = 8,
     seed: int = 0,
-    full_image_segments: bool = False,
+    attn_mode: str = "causal",
 ) -> PackedBatch:
     """A valid pack with one sample per entry of `num_views`, laid out as the being_h0 prompt
     (text, `<img>` + image tokens + `</img>` per view, `<|state_start|>` state `<|state_end|>`, text,
     T action tokens, `<|im_end|>`), with random ids/images/states and smooth random action targets on the
-    first `active_dims` unified dims. For tests and benchmarks (no tokenizer involved)."""
+    first `active_dims` unified dims. `attn_mode` sets segments and positions as the prompt builder does
+    (`full` modes: each image block is one bidirectional segment at one RoPE position; `actionfull` modes:
+    each action block is one segment). For tests and benchmarks (no tokenizer involved)."""
+    if attn_mode not in ATTN_MODES:
+        raise ValueError(f"attn_mode must be one of {ATTN_MODES}, got {attn_mode!r}")
+    full_images, full_actions = "causal" not in attn_mode, "actionfull" in attn_mode
     gen = torch.Generator().manual_seed(seed)
     t, u, tpi, size = (
         config.action_chunk_length,
@@ -207,34 +217,35 @@ def synthetic_packed_batch(
         config.force_image_size,
     )
     ids, pos, seg, text_idx, img_idx, state_idx, action_idx, lens = [], [], [], [], [], [], [], []
+    kinds = {"text": text_idx, "image": img_idx, "state": state_idx, "action": action_idx}
     next_segment = 0
+    position = 0
 
-    def add(kind: str, count: int, segment: int = -1) -> list[int]:
-        start = len(ids)
-        for _ in range(count):
-            ids.append(
-                int(torch.randint(10, config.llm.vocab_size, (1,), generator=gen)) if kind == "text" else 0
-            )
-            pos.append(len(ids) - 1 - sample_start)
-            seg.append(segment)
-        where = list(range(start, start + count))
-        {"text": text_idx, "image": img_idx, "state": state_idx, "action": action_idx}[kind].extend(where)
-        return where
+    def add(parts: list[tuple[str, int]], bidirectional: bool = False) -> None:
+        """Append a block of (kind, count) runs; a bidirectional block is one segment (and, for images,
+        one RoPE position)."""
+        nonlocal next_segment, position
+        segment = next_segment if bidirectional else -1
+        next_segment += bidirectional
+        one_position = bidirectional and any(kind == "image" for kind, _ in parts)
+        for kind, count in parts:
+            for _ in range(count):
+                kinds[kind].append(len(ids))
+                text = kind == "text"
+                ids.append(int(torch.randint(10, config.llm.vocab_size, (1,), generator=gen)) if text else 0)
+                seg.append(segment)
+                pos.append(position)
+                position += not one_position
+        position += one_position
 
     for views in num_views:
-        sample_start = len(ids)
-        add("text", text_lens[0])
+        sample_start, position = len(ids), 0
+        add([("text", text_lens[0])])
         for _ in range(views):
-            segment = next_segment if full_image_segments else -1
-            next_segment += full_image_segments
-            add("text", 1, segment)
-            add("image", tpi, segment)
-            add("text", 1, segment)
-        add("text", 1)
-        add("state", 1)
-        add("text", 1 + text_lens[1])
-        add("action", t)
-        add("text", 1)
+            add([("text", 1), ("image", tpi), ("text", 1)], bidirectional=full_images)
+        add([("text", 1), ("state", 1), ("text", 1 + text_lens[1])])
+        add([("action", t)], bidirectional=full_actions)
+        add([("text", 1)])
         lens.append(len(ids) - sample_start)
     b = len(num_views)
     n_img = sum(num_views)

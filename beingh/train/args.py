@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
+from beingh.batch import ATTN_MODES
 from beingh.data.pipeline import DataArgs, SequenceArgs
-from beingh.data.prompt import ATTN_MODES
 from beingh.model.loading import checkpoint_files
 
 
@@ -291,6 +291,11 @@ def validate(args: TrainArgs) -> None:
             checkpoint_files(Path(p.resume_from))
         except FileNotFoundError as err:
             raise ArgumentError(f"--resume_from: {err}") from err
+    tokenizer_folder(p)
+    if m.resume_model_only and not p.resume_from:
+        raise ArgumentError(
+            "--resume_model_only True needs --resume_from (the checkpoint to take weights from)"
+        )
     if not Path(p.dataset_config_file).is_file():
         raise ArgumentError(f"--dataset_config_file: file not found: {p.dataset_config_file}")
     positive = {
@@ -321,6 +326,18 @@ def validate(args: TrainArgs) -> None:
     for name, value in nonnegative.items():
         if value < 0:
             raise ArgumentError(f"--{name} must be >= 0, got {value}")
+    mpg = args.mpg
+    if mpg.mpg_gate_temperature <= 0:
+        raise ArgumentError(f"--mpg_gate_temperature must be > 0, got {mpg.mpg_gate_temperature}")
+    if mpg.mpg_lambda < 0 or mpg.mpg_refinement_iters < 0:
+        raise ArgumentError(
+            f"--mpg_lambda ({mpg.mpg_lambda}) and --mpg_refinement_iters ({mpg.mpg_refinement_iters}) must be >= 0"
+        )
+    for name in ("beta1", "beta2"):
+        if not 0.0 <= getattr(t, name) < 1.0:
+            raise ArgumentError(f"--{name} must be in [0, 1), got {getattr(t, name)}")
+    if t.eps <= 0:
+        raise ArgumentError(f"--eps must be > 0, got {t.eps}")
     for name in ("vit_dropout_prob", "state_dropout_prob"):
         value = getattr(args.data, name)
         if not 0.0 <= value < 1.0:
@@ -368,6 +385,21 @@ def validate(args: TrainArgs) -> None:
             f"--resume_from {p.resume_from} has no training state (train_state/); "
             "pass --resume_model_only True to start a new run from its weights"
         )
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
+
+
+def tokenizer_folder(paths: PathArgs) -> Path:
+    """Our checkpoints carry the tokenizer; otherwise it comes from the InternVL folder."""
+    candidates = [p for p in (paths.resume_from, paths.mllm_path) if p]
+    for folder in map(Path, candidates):
+        if any((folder / name).is_file() for name in TOKENIZER_FILES):
+            return folder
+    raise ArgumentError(
+        f"no tokenizer files ({', '.join(TOKENIZER_FILES)}) in {' or '.join(candidates)}; "
+        "pass --mllm_path with the InternVL folder that holds the tokenizer"
+    )
 
 
 def is_full_state_checkpoint(path: Path) -> bool:

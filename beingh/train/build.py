@@ -13,7 +13,7 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_
 
 from beingh.batch import PackedBatch
 from beingh.data.tokenizer import load_tokenizer
-from beingh.train.args import ArgumentError, TrainArgs
+from beingh.train.args import TrainArgs, tokenizer_folder
 from beingh.train.distributed import DistInfo, apply_fsdp, barrier, broadcast_buffers, broadcast_object
 from beingh.train.freeze import FreezeReport, apply_freeze
 from beingh.train.metrics import LOG
@@ -42,9 +42,6 @@ DataFactory = Callable[[TrainArgs, Any, DistInfo], TrainData]
 """(args, tokenizer, dist info) -> TrainData."""
 
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
-
-
 def model_overrides(args: TrainArgs) -> dict[str, Any]:
     """The BeingHConfig fields a run sets from its arguments (architecture comes from the checkpoint)."""
     d, m, mpg, rtc = args.data, args.model, args.mpg, args.rtc
@@ -68,21 +65,9 @@ def model_overrides(args: TrainArgs) -> dict[str, Any]:
     }
 
 
-def tokenizer_folder(args: TrainArgs) -> Path:
-    """Our checkpoints carry the tokenizer; otherwise it comes from the InternVL folder."""
-    candidates = [p for p in (args.paths.resume_from, args.paths.mllm_path) if p]
-    for folder in map(Path, candidates):
-        if any((folder / name).is_file() for name in TOKENIZER_FILES):
-            return folder
-    raise ArgumentError(
-        f"no tokenizer files ({', '.join(TOKENIZER_FILES)}) in {' or '.join(candidates)}; "
-        "pass --mllm_path with the InternVL folder that holds the tokenizer"
-    )
-
-
 def load_train_tokenizer(args: TrainArgs) -> Any:
     """The tokenizer with the being_h0 special tokens added."""
-    return load_tokenizer(tokenizer_folder(args))
+    return load_tokenizer(tokenizer_folder(args.paths))
 
 
 def build_sharded_model(args: TrainArgs, tokenizer: Any, info: DistInfo) -> tuple[Any, FreezeReport]:

@@ -115,7 +115,7 @@ def mixed_precision_policy(device: torch.device, cast_forward_inputs: bool = Tru
 
 
 def apply_fsdp(model: nn.Module, units: list[nn.Module], info: DistInfo) -> nn.Module:
-    """Shard each unit (ViT block, decoder layer) and then the root with FSDP2 `fully_shard`.
+    """Shard each unit (`BeingH.fsdp_units`: ViT blocks, decoder layers, lm_head), then the root, with FSDP2.
 
     Units are sharded first so each one all-gathers on its own and overlaps with compute; the root
     collects the rest (embeddings, heads, MPG). The root does not cast its input: the pack's action

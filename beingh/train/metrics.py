@@ -1,8 +1,10 @@
 """Training metrics: interval averages over every micro-batch, written to training.log, TensorBoard,
-stdout (tqdm bar on rank 0) and, at the end, a loss-curve PNG.
+`metrics.jsonl` (one JSON record per logging step), stdout (tqdm bar on rank 0) and, at the end, a
+loss-curve PNG.
 
 Losses are averaged over all micro-batches of the interval and over ranks (the reference logged the
-last micro-batch); throughput counts samples and tokens of all ranks.
+last micro-batch); throughput counts samples and tokens of all ranks. A resumed run keeps the records up
+to its start step, so `metrics.jsonl` and the curve cover the whole run.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from tqdm import tqdm
 from beingh.train.distributed import DistInfo, all_reduce_sum
 
 LOG = logging.getLogger("beingh.train")
+METRICS_FILE = "metrics.jsonl"
 
 
 class _TqdmHandler(logging.StreamHandler):
@@ -47,8 +50,9 @@ def setup_logging(output_dir: Path, info: DistInfo) -> None:
 class MetricTracker:
     """Accumulates per-micro-batch metrics between two logging steps and reports their averages."""
 
-    def __init__(self, info: DistInfo, logging_dir: Path, max_steps: int, start_step: int):
+    def __init__(self, info: DistInfo, output_dir: Path, logging_dir: Path, max_steps: int, start_step: int):
         self.info = info
+        self.output_dir = output_dir
         self.max_steps = max_steps
         self.start_step = start_step
         self.history: list[dict[str, float]] = []
@@ -63,7 +67,13 @@ class MetricTracker:
         if info.is_main:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(log_dir=str(logging_dir))
+            self.history = _earlier_records(output_dir / METRICS_FILE, start_step)
+            (output_dir / METRICS_FILE).write_text("".join(json.dumps(r) + "\n" for r in self.history))
+
+            # purge_step hides events a crashed run logged after the checkpoint it is resumed from.
+            self.writer = SummaryWriter(
+                log_dir=str(logging_dir), purge_step=start_step + 1 if start_step else None
+            )
             self.bar = tqdm(
                 total=max_steps,
                 initial=start_step,
@@ -116,6 +126,8 @@ class MetricTracker:
         self._interval_start = now
         if self.info.is_main:
             self.history.append({"step": step, **record})
+            with open(self.output_dir / METRICS_FILE, "a") as f:
+                f.write(json.dumps(self.history[-1]) + "\n")
             for name, value in record.items():
                 self.writer.add_scalar(f"train/{name}", value, step)
             self.writer.flush()
@@ -124,14 +136,21 @@ class MetricTracker:
             self.bar.set_postfix(loss=f"{record.get('loss', float('nan')):.4f}", lr=f"{lr:.2e}")
         return record
 
-    def close(self, output_dir: Path) -> None:
+    def close(self) -> None:
         if not self.info.is_main:
             return
         self.bar.close()
         self.writer.close()
-        (output_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in self.history))
         if self.history:
-            plot_loss_curve(self.history, output_dir / "loss_curve.png")
+            plot_loss_curve(self.history, self.output_dir / "loss_curve.png")
+
+
+def _earlier_records(path: Path, start_step: int) -> list[dict[str, float]]:
+    """The records of `path` up to `start_step` (a resumed run continues them; a new run starts empty)."""
+    if start_step == 0 or not path.is_file():
+        return []
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in records if r["step"] <= start_step]
 
 
 def _fmt(value: float) -> str:

@@ -101,7 +101,7 @@ class Trainer:
 
     def fit(self) -> Path:
         t, state = self.args.training, self.state
-        tracker = MetricTracker(self.info, self.args.logging_dir, t.max_steps, state.step)
+        tracker = MetricTracker(self.info, self.output_dir, self.args.logging_dir, t.max_steps, state.step)
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         packs = iter(self.data.packs)
         self.model.train()
@@ -117,7 +117,7 @@ class Trainer:
                 if _is_step(state.step, t.save_steps, t.save_steps_start) or state.step == t.max_steps:
                     last_saved = self.save()
         finally:
-            tracker.close(self.output_dir)
+            tracker.close()
         LOG.info("training done: %d steps, last checkpoint %s", state.step, last_saved)
         return last_saved
 
