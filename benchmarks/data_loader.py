@@ -80,13 +80,27 @@ def main(argv: list[str] | None = None) -> int:
         tmp_path = Path(tmp)
         dataset = make_two_view_dataset(tmp_path)
         config = tmp_path / "bench.yaml"
-        config.write_text(yaml.safe_dump({"bench": {
-            "dataset_names": [str(dataset)], "data_config_names": "metaworld_two_view",
-            "embodiment_tags": "metaworld"}}))
+        config.write_text(
+            yaml.safe_dump(
+                {
+                    "bench": {
+                        "dataset_names": [str(dataset)],
+                        "data_config_names": "metaworld_two_view",
+                        "embodiment_tags": "metaworld",
+                    }
+                }
+            )
+        )
         tokenizer = build_tiny_tokenizer()
         data_args = DataArgs(force_image_size=args.image_size, num_workers=0)
-        loader = build_train_loader(config, tokenizer, data_args, SequenceArgs(), stats_cache_dir=tmp_path / "stats",
-                                    multiprocessing_context="forkserver")
+        loader = build_train_loader(
+            config,
+            tokenizer,
+            data_args,
+            SequenceArgs(),
+            stats_cache_dir=tmp_path / "stats",
+            multiprocessing_context="forkserver",
+        )
         stream = loader.make_stream(0)
         source = stream.source
         keys = [stream.sampler.next_key(stream.sampler.next_group()) for _ in range(args.samples)]
@@ -115,9 +129,12 @@ def main(argv: list[str] | None = None) -> int:
 
         loader_figures = {}
         if args.loader_workers > 0:
-            data_args = DataArgs(force_image_size=args.image_size, num_workers=args.loader_workers, prefetch_factor=2)
-            packed = build_train_loader(config, tokenizer, data_args, SequenceArgs(),
-                                        stats_cache_dir=tmp_path / "stats")
+            data_args = DataArgs(
+                force_image_size=args.image_size, num_workers=args.loader_workers, prefetch_factor=2
+            )
+            packed = build_train_loader(
+                config, tokenizer, data_args, SequenceArgs(), stats_cache_dir=tmp_path / "stats"
+            )
             iterator = iter(packed)
             next(iterator)  # worker start-up excluded
             t0 = time.perf_counter()
@@ -136,14 +153,23 @@ def main(argv: list[str] | None = None) -> int:
 
     result = {
         "benchmark": "data_loader",
-        "config": {"dataset": "LeRobot v3.0 AV1 fixture, 2 views (same video declared twice)",
-                   "image_size": args.image_size, "views": 2, "samples": n, "sampling": "step, shuffled",
-                   "torch_threads": 1},
-        "device": {"cpu": platform.processor() or platform.machine(), "cores_visible": os.cpu_count(),
-                   "torch": torch.__version__, "load_average_1min": os.getloadavg()[0],
-                   "note": "wall-clock figures (samples_per_s_per_core, ms_*) count time lost to other jobs "
-                           "on a shared machine; the CPU-time figures (samples_per_cpu_second, cpu_ms_*) "
-                           "measure this process's own work on one core"},
+        "config": {
+            "dataset": "LeRobot v3.0 AV1 fixture, 2 views (same video declared twice)",
+            "image_size": args.image_size,
+            "views": 2,
+            "samples": n,
+            "sampling": "step, shuffled",
+            "torch_threads": 1,
+        },
+        "device": {
+            "cpu": platform.processor() or platform.machine(),
+            "cores_visible": os.cpu_count(),
+            "torch": torch.__version__,
+            "load_average_1min": os.getloadavg()[0],
+            "note": "wall-clock figures (samples_per_s_per_core, ms_*) count time lost to other jobs "
+            "on a shared machine; the CPU-time figures (samples_per_cpu_second, cpu_ms_*) "
+            "measure this process's own work on one core",
+        },
         "figures": {
             "samples_per_s_per_core": n / elapsed,
             "samples_per_cpu_second": n / cpu_elapsed,

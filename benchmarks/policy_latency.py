@@ -109,8 +109,9 @@ def measure(policy: BeingHPolicy, obs: dict, warmup: int, iters: int) -> dict:
 
     def sample() -> torch.Tensor:
         with torch.inference_mode():
-            return policy.model.sample_actions(batch, num_steps=policy.num_inference_timesteps,
-                                               use_cache=policy.use_prefix_cache)
+            return policy.model.sample_actions(
+                batch, num_steps=policy.num_inference_timesteps, use_cache=policy.use_prefix_cache
+            )
 
     for _ in range(warmup):
         policy.get_action(obs)
@@ -145,13 +146,19 @@ def config_summary(config: BeingHConfig, tiny: bool) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tiny", action="store_true", help="tiny config (smoke check; on CPU unless --device)")
+    parser.add_argument(
+        "--tiny", action="store_true", help="tiny config (smoke check; on CPU unless --device)"
+    )
     parser.add_argument("--device", default=None, help="default: cpu with --tiny, else cuda when available")
     parser.add_argument("--num_inference_timesteps", type=int, default=4)
     parser.add_argument("--views", type=int, nargs="+", default=[1, 2], choices=[1, 2])
     parser.add_argument("--mpg", action="store_true", help="MPG on (lambda 0.1, 1 refinement pass)")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the ViT and decoder layers (CUDA)")
-    parser.add_argument("--warmup", type=int, default=5, help="untimed calls per case (at least 10 with --compile)")
+    parser.add_argument(
+        "--compile", action="store_true", help="torch.compile the ViT and decoder layers (CUDA)"
+    )
+    parser.add_argument(
+        "--warmup", type=int, default=5, help="untimed calls per case (at least 10 with --compile)"
+    )
     parser.add_argument("--iters", type=int, default=30)
     parser.add_argument("--threads", type=int, default=None, help="CPU intra-op threads (default: torch's)")
     args = parser.parse_args(argv)
@@ -163,8 +170,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--compile needs a CUDA device")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     warmup = max(args.warmup, 10) if args.compile else args.warmup
-    overrides = {"use_mpg": args.mpg, "mpg_lambda": 0.1 if args.mpg else 0.0,
-                 "num_inference_timesteps": args.num_inference_timesteps}
+    overrides = {
+        "use_mpg": args.mpg,
+        "mpg_lambda": 0.1 if args.mpg else 0.0,
+        "num_inference_timesteps": args.num_inference_timesteps,
+    }
     config = tiny_config(**overrides) if args.tiny else BeingHConfig(**overrides)
     torch.manual_seed(0)
     model = build_model(config, device, dtype)
@@ -175,29 +185,48 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         folder = write_model_folder(Path(tmp), config.force_image_size)
         for views in args.views:
-            policy = BeingHPolicy(folder, DATA_CONFIG, GROUP, "libero", "long", device=str(device),
-                                  enable_rtc=False, use_fixed_view=views == 1, model=model)
+            policy = BeingHPolicy(
+                folder,
+                DATA_CONFIG,
+                GROUP,
+                "libero",
+                "long",
+                device=str(device),
+                enable_rtc=False,
+                use_fixed_view=views == 1,
+                model=model,
+            )
             obs = observation(views, config.force_image_size, rng)
             for use_cache in (True, False):
                 policy.use_prefix_cache = use_cache
-                results.append({"views": views, "prefix_cache": use_cache, **measure(policy, obs, warmup, args.iters)})
-    print(json.dumps({
-        "benchmark": "policy_latency",
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "cpu_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "dtype": str(dtype),
-        "config": config_summary(config, args.tiny),
-        "params": sum(p.numel() for p in model.parameters()),
-        "num_inference_timesteps": args.num_inference_timesteps,
-        "mpg": args.mpg,
-        "compile": args.compile,
-        "warmup": warmup,
-        "iters": args.iters,
-        "peak_gpu_memory_gb": (round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
-                               if device.type == "cuda" else None),
-        "results": results,
-    }, indent=2))
+                results.append(
+                    {"views": views, "prefix_cache": use_cache, **measure(policy, obs, warmup, args.iters)}
+                )
+    print(
+        json.dumps(
+            {
+                "benchmark": "policy_latency",
+                "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+                "cpu_threads": torch.get_num_threads(),
+                "torch": torch.__version__,
+                "dtype": str(dtype),
+                "config": config_summary(config, args.tiny),
+                "params": sum(p.numel() for p in model.parameters()),
+                "num_inference_timesteps": args.num_inference_timesteps,
+                "mpg": args.mpg,
+                "compile": args.compile,
+                "warmup": warmup,
+                "iters": args.iters,
+                "peak_gpu_memory_gb": (
+                    round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
+                    if device.type == "cuda"
+                    else None
+                ),
+                "results": results,
+            },
+            indent=2,
+        )
+    )
     return 0
 
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
+from transformers.utils import logging as hf_logging
 
 IM_START = "<|im_start|>"
 IM_END = "<|im_end|>"
@@ -66,10 +67,16 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"tokenizer folder not found: {path}")
+    # A model folder's config.json (e.g. InternVL's `internvl_chat`) is not a tokenizer config; silence
+    # transformers' model-type mismatch warning while it looks there for the tokenizer class.
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
     except (OSError, ValueError) as err:
         raise FileNotFoundError(f"no loadable tokenizer in {path}: {err}") from err
+    finally:
+        hf_logging.set_verbosity(verbosity)
     add_special_tokens(tokenizer)
     return tokenizer
 

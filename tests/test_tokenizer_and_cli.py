@@ -1,0 +1,70 @@
+"""The shared tokenizer helpers and the `beingh` command dispatcher."""
+
+from __future__ import annotations
+
+import pytest
+
+from beingh.cli import COMMANDS, main
+from beingh.data.tokenizer import (
+    REQUIRED_SPECIAL_TOKENS,
+    add_special_tokens,
+    build_tiny_tokenizer,
+    load_tokenizer,
+    special_token_ids,
+)
+
+
+def test_tiny_tokenizer_has_the_layout_tokens_and_a_single_newline(tiny_tokenizer_dir):
+    tokenizer = load_tokenizer(tiny_tokenizer_dir)
+    ids = special_token_ids(tokenizer)
+    vocab = tokenizer.get_vocab()
+    assert [vocab[t] for t in REQUIRED_SPECIAL_TOKENS] == [
+        ids.im_start, ids.im_end, ids.img_start, ids.img_end, ids.state_start, ids.state_end
+    ]
+    assert tokenizer.encode("\n", add_special_tokens=False) == [ids.newline]
+    assert add_special_tokens(tokenizer) == 0
+
+
+def test_missing_state_tokens_are_added_once():
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    base = Tokenizer(models.WordLevel({"<|im_start|>": 0, "<|im_end|>": 1, "<img>": 2, "</img>": 3,
+                                       "\n": 4, "[UNK]": 5}, unk_token="[UNK]"))
+    base.pre_tokenizer = pre_tokenizers.Split("\n", behavior="isolated")
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=base, unk_token="[UNK]")
+    with pytest.raises(ValueError, match="state_start"):
+        special_token_ids(tokenizer)
+    assert add_special_tokens(tokenizer) == 2
+    assert add_special_tokens(tokenizer) == 0
+    assert special_token_ids(tokenizer).state_end == len(tokenizer) - 1
+
+
+def test_load_tokenizer_names_the_missing_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        load_tokenizer(tmp_path / "nowhere")
+    with pytest.raises(FileNotFoundError, match="no loadable tokenizer"):
+        load_tokenizer(tmp_path)
+
+
+def test_tiny_tokenizer_round_trips_through_disk(tmp_path):
+    built = build_tiny_tokenizer(tmp_path)
+    loaded = load_tokenizer(tmp_path)
+    text = "According to the instruction 'reach the target'"
+    assert loaded.encode(text, add_special_tokens=False) == built.encode(text, add_special_tokens=False)
+
+
+def test_cli_lists_commands_and_rejects_unknown_ones(capsys):
+    assert main([]) == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in COMMANDS)
+    assert main(["fly"]) == 2
+    assert "unknown command 'fly'" in capsys.readouterr().err
+
+
+def test_every_command_resolves_to_a_callable():
+    import importlib
+
+    for target, _ in COMMANDS.values():
+        module_name, func_name = target.split(":")
+        assert callable(getattr(importlib.import_module(module_name), func_name))
