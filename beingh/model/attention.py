@@ -119,17 +119,17 @@ class AttentionMask:
 def rope_cos_sin(
     position_ids: torch.Tensor, head_dim: int, theta: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Qwen3 rotary tables (fp32) for the given positions: each (N, head_dim)."""
+    """Qwen3 rotary tables (fp32) for the given positions: each (N, 1, head_dim), broadcast over heads."""
     exponent = torch.arange(0, head_dim, 2, dtype=torch.float32, device=position_ids.device) / head_dim
     inv_freq = 1.0 / (theta**exponent)
     freqs = position_ids.float()[:, None] * inv_freq[None, :]
     emb = torch.cat([freqs, freqs], dim=-1)
-    return emb.cos(), emb.sin()
+    return emb.cos()[:, None], emb.sin()[:, None]
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x (N, H, d) rotated by per-token cos/sin (N, d), in x's dtype (HF Qwen3 `rotate_half` form)."""
-    cos, sin = cos[:, None].to(x.dtype), sin[:, None].to(x.dtype)
+    """x (N, H, d) rotated by per-token cos/sin (N, 1, d), in x's dtype (HF Qwen3 `rotate_half` form)."""
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
     half = x.shape[-1] // 2
     rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
     return x * cos + rotated * sin

@@ -111,7 +111,15 @@ class BeingH(nn.Module):
         return [*self.blocks(), self.language_model.lm_head]
 
     def compile_for_inference(self) -> None:
-        """torch.compile every ViT and decoder layer with dynamic shapes (prefix pass and action steps differ)."""
+        """torch.compile every ViT layer and every MoT decoder layer (each on its own, dynamic shapes).
+
+        What runs compiled: the ViT, the prefix pass (und + state tokens) and every Euler step of the cached
+        action steps (a gen-only pass: its und branches are skipped on shapes, its rows need no gathers).
+        What stays eager: embeddings, the connector, the action encoder/decoder, MPG, the Euler update, and
+        the per-call setup (RoPE tables, mask, layout and K/V cache, built once per `sample_actions` call).
+        The step loop has static shapes within a call and no host syncs or value-dependent Python branches,
+        so its layers could also be captured as CUDA graphs; no graph capture is done here.
+        """
         for layer in self.blocks():
             layer.compile(dynamic=True)
 
@@ -196,16 +204,16 @@ class BeingH(nn.Module):
         gen_index: torch.Tensor,
         cache: KVCache | None = None,
     ) -> torch.Tensor:
-        """Runs the MoT decoder over the given tokens; returns the final-normed gen-stream states."""
+        """Runs the MoT decoder over the given tokens (the whole pack, or the prefix pass that fills
+        `cache`); returns the final-normed gen-stream states."""
         llm = self.config.llm
         layout, attn_pos = StreamLayout.build(
             und_index, gen_index, batch.position_ids, llm.head_dim, llm.rope_theta
         )
         q_meta = meta.select(attn_pos)
-        k_meta = TokenMeta.cat([cache.meta, q_meta]) if cache is not None and cache.frozen else q_meta
-        if cache is not None and not cache.frozen:
+        if cache is not None:
             cache.meta = q_meta
-        mask = AttentionMask(q_meta, k_meta, self.config.attn_backend)
+        mask = AttentionMask(q_meta, q_meta, self.config.attn_backend)
         dtype = h_und.dtype
         _, out_gen = self.language_model.model(h_und, h_gen.to(dtype), AttentionInputs(layout, mask, cache))
         return out_gen
@@ -298,11 +306,12 @@ class BeingH(nn.Module):
 
         prefix = self._embed_prefix(batch)
         velocity = self._cached_velocity(batch, prefix) if use_cache else self._full_velocity(batch, prefix)
+        # Per-token flow time of every Euler step, built before the loop (locked steps stay at t=1).
+        step_times = [torch.where(locked[..., 0], 1.0, k / steps) for k in range(steps)]
         clean = None
         for _ in range(1 + cfg.mpg_refinement_iters if cfg.mpg_active else 1):
             x = torch.where(locked, locked_values, noise)
-            for k in range(steps):
-                t_tok = torch.where(locked[..., 0], 1.0, k / steps)
+            for t_tok in step_times:
                 x = torch.where(locked, locked_values, x + velocity(x, t_tok, clean).float() / steps)
             clean = x
         return x
@@ -321,8 +330,14 @@ class BeingH(nn.Module):
         return velocity
 
     def _cached_velocity(self, batch: PackedBatch, prefix: _Prefix):
-        """Velocity function over a K/V cache of everything but the action tokens (exact under the mask)."""
+        """Velocity function over a K/V cache of everything but the action tokens (exact under the mask).
+
+        All that the Euler steps share is built here, once per call: the cache, the action rows' order,
+        RoPE tables and mask against cache + actions. A step embeds the actions and runs a gen-only pass
+        with fixed shapes and no host sync (the only sync, the segment check below, happens here).
+        """
         b, t = batch.action.shape[:2]
+        llm = self.config.llm
         action_index = batch.action_indexes.reshape(-1)
         action_segments = batch.segment_ids[action_index]
         other = torch.ones(batch.num_tokens, dtype=torch.bool, device=action_index.device)
@@ -330,25 +345,28 @@ class BeingH(nn.Module):
         shared = torch.isin(batch.segment_ids[other], action_segments[action_segments >= 0])
         if bool(shared.any()):
             raise ValueError("an action segment also holds non-action tokens; sample with use_cache=False")
-        cache = KVCache(self.config.llm.num_hidden_layers)
+        cache = KVCache(llm.num_hidden_layers)
         self._decode(
             batch, prefix.meta, prefix.h_und, prefix.und_index, prefix.state, batch.state_indexes, cache
         )
         cache.frozen = True
+        # The steps keep the action rows in pack (attention) order: one gather in, one out, none per layer.
+        to_attn = torch.argsort(action_index)
+        to_stream = torch.argsort(to_attn)
+        attn_pos = action_index[to_attn]
+        layout = StreamLayout.gen_in_attention_order(
+            batch.position_ids[attn_pos], llm.head_dim, llm.rope_theta
+        )
+        q_meta = prefix.meta.select(attn_pos)
+        mask = AttentionMask(q_meta, TokenMeta.cat([cache.meta, q_meta]), self.config.attn_backend)
+        inputs = AttentionInputs(layout, mask, cache)
         no_und = prefix.h_und[:0]
 
         def velocity(x: torch.Tensor, t_tok: torch.Tensor, clean: torch.Tensor | None) -> torch.Tensor:
             features, _ = self._action_features(x, t_tok, prefix.state, clean)
-            out_gen = self._decode(
-                batch,
-                prefix.meta,
-                no_und,
-                prefix.und_index[:0],
-                features.reshape(b * t, -1),
-                action_index,
-                cache,
-            )
-            return self.action_decoder(out_gen).view(b, t, -1)
+            h_gen = features.reshape(b * t, -1)[to_attn].to(no_und.dtype)
+            _, out_gen = self.language_model.model(no_und, h_gen, inputs)
+            return self.action_decoder(out_gen[to_stream]).view(b, t, -1)
 
         return velocity
 

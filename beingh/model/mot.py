@@ -5,6 +5,7 @@ Each stream keeps its own width, norms, projections and SwiGLU MLP (the expert's
 shared head space (VLM heads, head_dim, RoPE theta). Tokens are kept stream-contiguous (und rows, then gen
 rows); per layer, Q/K/V are gathered once into pack order for the attention and the output is gathered
 back (`StreamLayout`), instead of the original's scatter into zero buffers (upstream_model.md §8.2).
+A stream with no rows (the cached action steps carry no und tokens) skips its norms, projections and MLP.
 """
 
 from __future__ import annotations
@@ -35,6 +36,11 @@ class RMSNorm(nn.Module):
         return self.weight * x.to(dtype)
 
 
+def _rows(fn, x: torch.Tensor) -> torch.Tensor:
+    """fn(x), or x itself when it has no rows: a decision on shapes only, never on values."""
+    return fn(x) if x.shape[0] else x
+
+
 class SwiGLU(nn.Module):
     def __init__(self, hidden: int, intermediate: int):
         super().__init__()
@@ -51,9 +57,9 @@ class StreamLayout:
     """Maps stream-ordered rows (und then gen) to attention (pack) order and back, plus their RoPE tables."""
 
     num_und: int
-    to_attn: torch.Tensor  # rows of cat(und, gen) listed in attention order
-    to_stream: torch.Tensor  # inverse permutation
-    cos: torch.Tensor  # (N, head_dim) in stream order
+    to_attn: torch.Tensor | None  # rows of cat(und, gen) listed in attention order; None: already in it
+    to_stream: torch.Tensor | None  # inverse permutation
+    cos: torch.Tensor  # (N, 1, head_dim) in stream order
     sin: torch.Tensor
 
     @staticmethod
@@ -72,6 +78,13 @@ class StreamLayout:
         cos, sin = rope_cos_sin(position_ids[stream_pos], head_dim, theta)
         layout = StreamLayout(int(und_index.numel()), to_attn, to_stream, cos, sin)
         return layout, stream_pos[to_attn]
+
+    @staticmethod
+    def gen_in_attention_order(position_ids: torch.Tensor, head_dim: int, theta: float) -> StreamLayout:
+        """Layout of a gen-only pass whose rows are already in attention order (the cached action steps):
+        no per-layer gathers. `position_ids` are the rows' RoPE positions."""
+        cos, sin = rope_cos_sin(position_ids, head_dim, theta)
+        return StreamLayout(0, None, None, cos, sin)
 
 
 class KVCache:
@@ -95,7 +108,8 @@ class KVCache:
 
 @dataclass
 class AttentionInputs:
-    """What every layer's attention needs besides the hidden states (built once per pass)."""
+    """What every layer's attention needs besides the hidden states (built once per pass; for the cached
+    action steps, once per `sample_actions` call and shared by all Euler steps)."""
 
     layout: StreamLayout
     mask: AttentionMask
@@ -137,9 +151,10 @@ class MoTAttention(nn.Module):
         """Both streams projected (and QK-normed) into the shared head space: (N_und + N_gen, heads, d)."""
         parts = []
         for x, proj, norm in zip((x_und, x_gen), projs, norms):
-            out = proj(x).view(x.shape[0], heads, self.head_dim)
-            parts.append(norm(out) if norm is not None else out)
-        return torch.cat(parts)
+            if x.shape[0]:
+                out = proj(x).view(x.shape[0], heads, self.head_dim)
+                parts.append(norm(out) if norm is not None else out)
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
 
     def forward(
         self, x_und: torch.Tensor, x_gen: torch.Tensor, inputs: AttentionInputs
@@ -149,13 +164,16 @@ class MoTAttention(nn.Module):
         q = self._joint(x_und, x_gen, (self.q_proj, self.q_proj_mot_gen), self.num_heads, q_norms)
         k = self._joint(x_und, x_gen, (self.k_proj, self.k_proj_mot_gen), self.num_kv_heads, k_norms)
         v = self._joint(x_und, x_gen, (self.v_proj, self.v_proj_mot_gen), self.num_kv_heads)
-        q = apply_rope(q, layout.cos, layout.sin)[layout.to_attn]
-        k = apply_rope(k, layout.cos, layout.sin)[layout.to_attn]
-        v = v[layout.to_attn]
+        q, k = apply_rope(q, layout.cos, layout.sin), apply_rope(k, layout.cos, layout.sin)
+        if layout.to_attn is not None:
+            q, k, v = q[layout.to_attn], k[layout.to_attn], v[layout.to_attn]
         if inputs.cache is not None:
             k, v = inputs.cache.update(self.layer_idx, k, v)
-        out = inputs.mask.attend(q, k, v)[layout.to_stream]
-        return self.o_proj(out[: layout.num_und]), self.o_proj_mot_gen(out[layout.num_und :])
+        out = inputs.mask.attend(q, k, v)
+        if layout.to_stream is not None:
+            out = out[layout.to_stream]
+        und, gen = out[: layout.num_und], out[layout.num_und :]
+        return _rows(self.o_proj, und), _rows(self.o_proj_mot_gen, gen)
 
 
 class MoTDecoderLayer(nn.Module):
@@ -173,11 +191,14 @@ class MoTDecoderLayer(nn.Module):
         self, h_und: torch.Tensor, h_gen: torch.Tensor, inputs: AttentionInputs
     ) -> tuple[torch.Tensor, torch.Tensor]:
         a_und, a_gen = self.self_attn(
-            self.input_layernorm(h_und), self.input_layernorm_mot_gen(h_gen), inputs
+            _rows(self.input_layernorm, h_und), _rows(self.input_layernorm_mot_gen, h_gen), inputs
         )
-        h_und, h_gen = h_und + a_und, h_gen + a_gen
-        h_und = h_und + self.mlp(self.post_attention_layernorm(h_und))
-        h_gen = h_gen + self.mlp_mot_gen(self.post_attention_layernorm_mot_gen(h_gen))
+        if h_und.shape[0]:
+            h_und = h_und + a_und
+            h_und = h_und + self.mlp(self.post_attention_layernorm(h_und))
+        if h_gen.shape[0]:
+            h_gen = h_gen + a_gen
+            h_gen = h_gen + self.mlp_mot_gen(self.post_attention_layernorm_mot_gen(h_gen))
         return h_und, h_gen
 
 
@@ -201,7 +222,7 @@ class MoTModel(nn.Module):
                 h_und, h_gen = checkpoint(layer, h_und, h_gen, inputs, use_reentrant=False)
             else:
                 h_und, h_gen = layer(h_und, h_gen, inputs)
-        return self.norm(h_und), self.norm_mot_gen(h_gen)
+        return _rows(self.norm, h_und), _rows(self.norm_mot_gen, h_gen)
 
 
 class MoTForCausalLM(nn.Module):
