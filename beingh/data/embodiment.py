@@ -492,6 +492,34 @@ class MetaWorldDataConfig(BaseDataConfig):
     state_normalization_modes = {"state.eef_position": "min_max", "state.gripper": "min_max"}
 
 
+class MetaWorldGoalDataConfig(MetaWorldDataConfig):
+    """`metaworld` plus the privileged object and goal positions (`observation.environment_state` =
+    [object xyz, goal xyz], written by `beingh demo collect`) as state in unused unified dims 75:81.
+
+    A real robot has no such input: this config exists so the CPU demo (a tiny model trained for minutes)
+    can show the training -> serving -> closed-loop path working; with `metaworld` the policy has to find
+    the goal in the camera image, which that budget does not teach reliably.
+    """
+
+    STATE_KEYS = [*MetaWorldDataConfig.STATE_KEYS, "state.object_position", "state.goal_position"]
+    UNIFIED_MAPPING = {
+        **MetaWorldDataConfig.UNIFIED_MAPPING,
+        "state.object_position": (75, 78),
+        "state.goal_position": (78, 81),
+    }
+    MODALITIES = {
+        **MetaWorldDataConfig.MODALITIES,
+        "state.object_position": ModalityDef("observation.environment_state", 0, 3),
+        "state.goal_position": ModalityDef("observation.environment_state", 3, 6),
+    }
+    state_normalization_modes = {
+        **MetaWorldDataConfig.state_normalization_modes,
+        "state.object_position": "min_max",
+        "state.goal_position": "min_max",
+    }
+
+
 register_data_config("libero_nonorm", LiberoNoNormDataConfig)
 register_data_config("robocasa_human", RobocasaHumanDataConfig)
 register_data_config("metaworld", MetaWorldDataConfig)
+register_data_config("metaworld_goal", MetaWorldGoalDataConfig)

@@ -1,0 +1,69 @@
+"""Open a policy for evaluation: a checkpoint folder (in-process `BeingHPolicy`) or a `ws://host:port` server."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+METADATA_SUFFIX = "_metadata.json"
+
+
+@dataclass
+class PolicySpec:
+    policy: str  # checkpoint folder or ws://host:port
+    data_config_name: str
+    embodiment_tag: str
+    dataset_name: str | None = None  # default: the single <group>_metadata.json in experiment_cfg/
+    instruction_template: str = "long"
+    metadata_variant: str | None = None
+    stats_selection_mode: str = "auto"
+    device: str | None = None
+    num_inference_timesteps: int | None = None
+    enable_rtc: bool = False
+    rtc_inference_delay: int | None = None
+    timeout: float = 60.0
+
+
+def is_server_address(policy: str) -> bool:
+    return policy.startswith(("ws://", "wss://"))
+
+
+def training_group(checkpoint: Path) -> str:
+    """The dataset group a checkpoint was trained on, from its `experiment_cfg/<group>_metadata.json`."""
+    folder = checkpoint / "experiment_cfg"
+    groups = sorted(p.name[: -len(METADATA_SUFFIX)] for p in folder.glob(f"*{METADATA_SUFFIX}"))
+    if len(groups) != 1:
+        found = groups or "none"
+        raise ValueError(f"{folder}: expected exactly one *{METADATA_SUFFIX} to pick the dataset group, found "
+                         f"{found}; pass --dataset_name")
+    return groups[0]
+
+
+def open_policy(spec: PolicySpec):
+    """-> an object with `get_action(obs, executed_steps=None)` and `reset()`."""
+    if is_server_address(spec.policy):
+        from beingh.inference.client import PolicyClient
+
+        address = urlparse(spec.policy)
+        if not address.hostname or not address.port:
+            raise ValueError(f"--policy {spec.policy!r}: expected ws://host:port")
+        return PolicyClient(address.hostname, address.port, timeout=spec.timeout)
+    from beingh.inference.policy import BeingHPolicy
+
+    checkpoint = Path(spec.policy)
+    if not checkpoint.is_dir():
+        raise FileNotFoundError(f"--policy {spec.policy!r}: not a checkpoint folder nor a ws://host:port address")
+    return BeingHPolicy(
+        model_path=checkpoint,
+        data_config_name=spec.data_config_name,
+        dataset_name=spec.dataset_name or training_group(checkpoint),
+        embodiment_tag=spec.embodiment_tag,
+        instruction_template=spec.instruction_template,
+        metadata_variant=spec.metadata_variant,
+        stats_selection_mode=spec.stats_selection_mode,
+        device=spec.device,
+        num_inference_timesteps=spec.num_inference_timesteps,
+        enable_rtc=spec.enable_rtc,
+        rtc_inference_delay=spec.rtc_inference_delay,
+    )

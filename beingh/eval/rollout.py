@@ -1,0 +1,155 @@
+"""Closed-loop MetaWorld rollouts with action chunking: execute `execute_steps` of each predicted chunk,
+then ask the policy again (optionally telling it how many steps ran, for real-time chunking)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+from tqdm import tqdm
+
+from beingh.data.embodiment import BaseDataConfig, get_data_config
+from beingh.eval.collect import CAMERA_COLUMN
+from beingh.eval.mapping import action_columns, policy_observation
+from beingh.eval.metaworld_env import ACTION_DIM, EVAL_SEED_START, MetaWorldEnv, MetaWorldObservation
+from beingh.eval.video_io import write_mp4
+
+logger = logging.getLogger(__name__)
+
+EMBODIMENT_TAG = "metaworld"
+
+
+class ChunkPolicy(Protocol):
+    """What the runner needs: `BeingHPolicy` and `PolicyClient` both provide it."""
+
+    def get_action(self, observations: dict[str, Any], executed_steps: int | None = None) -> dict[str, Any]: ...
+
+    def reset(self) -> None: ...
+
+
+@dataclass
+class RolloutConfig:
+    execute_steps: int = 8  # actions executed from each chunk before replanning
+    max_steps: int = 200
+    rtc: bool = False  # report executed steps so the policy can lock the committed chunk prefix
+    image_size: int = 224
+    camera: str = "corner2"
+    data_config_name: str = "metaworld"  # or "metaworld_goal" (privileged object/goal state)
+
+
+@dataclass
+class EpisodeResult:
+    task: str
+    seed: int
+    success: bool
+    steps: int
+    policy_calls: int
+    frames: list[np.ndarray] | None = field(default=None, repr=False)
+
+
+def metaworld_data_config(name: str = "metaworld") -> BaseDataConfig:
+    return get_data_config(name)(embodiment_tag=EMBODIMENT_TAG)
+
+
+def metaworld_observation(observation: MetaWorldObservation, instruction: str,
+                          data_config: BaseDataConfig) -> dict[str, Any]:
+    """Env observation -> policy observation dict (the columns `beingh demo collect` writes)."""
+    columns = {"observation.state": observation.state,
+               "observation.environment_state": observation.environment_state}
+    return policy_observation(data_config, columns, {CAMERA_COLUMN: observation.image}, instruction)
+
+
+def metaworld_action_chunk(reply: dict[str, Any], data_config: BaseDataConfig) -> np.ndarray:
+    """Policy reply -> (T, 4) [dx, dy, dz, grip] chunk."""
+    chunk = action_columns(data_config, reply)["action"]
+    if chunk.shape[1] != ACTION_DIM or len(chunk) == 0:
+        raise ValueError(f"policy chunk has shape {chunk.shape}, expected (T, {ACTION_DIM})")
+    return chunk.astype(np.float32)
+
+
+class ChunkExecutor:
+    """Action chunking shared by every simulator: execute `execute_steps` actions of each chunk, then replan.
+
+    With `rtc`, each new request carries how many actions of the previous chunk were executed, so the
+    policy can lock the part of the new chunk that overlaps them.
+    """
+
+    def __init__(self, policy: ChunkPolicy, execute_steps: int, rtc: bool = False):
+        if execute_steps < 1:
+            raise ValueError(f"execute_steps must be >= 1, got {execute_steps}")
+        self.policy, self.execute_steps, self.rtc = policy, execute_steps, rtc
+        self.chunk: np.ndarray | None = None
+        self.cursor = 0
+        self.calls = 0
+
+    def reset(self) -> None:
+        self.policy.reset()
+        self.chunk, self.cursor, self.calls = None, 0, 0
+
+    def next_action(self, observation: Callable[[], dict[str, Any]],
+                    to_chunk: Callable[[dict[str, Any]], np.ndarray]) -> np.ndarray:
+        """`observation()` builds the policy input (only called when replanning); `to_chunk` maps the reply."""
+        if self.chunk is None or self.cursor >= min(self.execute_steps, len(self.chunk)):
+            executed = self.cursor if (self.rtc and self.chunk is not None) else None
+            chunk = to_chunk(self.policy.get_action(observation(), executed_steps=executed))
+            if len(chunk) == 0:
+                raise ValueError("policy returned an empty action chunk")
+            self.chunk, self.cursor, self.calls = chunk, 0, self.calls + 1
+        action = self.chunk[self.cursor]
+        self.cursor += 1
+        return action
+
+
+def run_episode(env: MetaWorldEnv, policy: ChunkPolicy, seed: int, config: RolloutConfig,
+                record: bool = False) -> EpisodeResult:
+    data_config = metaworld_data_config(config.data_config_name)
+    executor = ChunkExecutor(policy, config.execute_steps, config.rtc)
+    executor.reset()
+    observation = env.reset(seed)
+    frames = [observation.image] if record else None
+    success, done = False, False
+    while not done:
+        action = executor.next_action(lambda obs=observation: metaworld_observation(obs, env.instruction, data_config),
+                                      lambda reply: metaworld_action_chunk(reply, data_config))
+        observation, success, done = env.step(action)
+        if frames is not None:
+            frames.append(observation.image)
+    return EpisodeResult(env.task, seed, success, env.steps, executor.calls, frames)
+
+
+def evaluate(policy: ChunkPolicy, tasks: list[str], episodes: int, config: RolloutConfig,
+             seed_start: int = EVAL_SEED_START, video_dir: Path | None = None, videos_per_task: int = 2,
+             fps: int = 20) -> dict[str, Any]:
+    """Success rate per task and overall on seeds seed_start..seed_start+episodes-1 (evaluation range)."""
+    if seed_start < EVAL_SEED_START:
+        raise ValueError(f"evaluation seeds must be >= {EVAL_SEED_START} (training demos use lower seeds), "
+                         f"got {seed_start}")
+    results: dict[str, Any] = {"config": asdict(config), "seed_start": seed_start, "tasks": {}, "episodes": []}
+    progress = tqdm(total=episodes * len(tasks), desc="eval", unit="ep")
+    for task in tasks:
+        env = MetaWorldEnv(task, config.image_size, config.camera, config.max_steps)
+        successes = 0
+        for i in range(episodes):
+            record = video_dir is not None and i < videos_per_task
+            result = run_episode(env, policy, seed_start + i, config, record=record)
+            successes += result.success
+            entry = {k: v for k, v in asdict(result).items() if k != "frames"}
+            if record:
+                path = Path(video_dir) / f"{task}_seed{result.seed}_{'success' if result.success else 'fail'}.mp4"
+                write_mp4(path, result.frames, fps)
+                entry["video"] = str(path)
+            results["episodes"].append(entry)
+            progress.update(1)
+            progress.set_postfix(task=task, success=f"{successes}/{i + 1}")
+        env.close()
+        results["tasks"][task] = {"success_rate": successes / episodes, "successes": successes,
+                                  "episodes": episodes}
+        logger.info("%s: success %d/%d", task, successes, episodes)
+    progress.close()
+    total = sum(t["successes"] for t in results["tasks"].values())
+    results["overall_success_rate"] = total / (episodes * len(tasks))
+    return results
