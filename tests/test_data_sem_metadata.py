@@ -183,3 +183,15 @@ def test_build_dataset_metadata_from_fixture(lerobot_fixtures):
     assert meta.modalities["action"]["eef_position"].absolute is False
     np.testing.assert_array_equal(meta.stats_for("state.gripper").max, column_stats["observation.state"].max[3:4])
     assert meta.embodiment_tag == "metaworld"
+
+
+def test_metadata_records_the_data_config_and_merging_keeps_it_only_when_shared():
+    from beingh.data.metadata import DatasetMetadata, MetadataSource, _merge_metadata
+
+    def source(name, config):
+        return MetadataSource(name, DatasetMetadata({"state": {}, "action": {}}, data_config=config), 10)
+
+    assert DatasetMetadata.from_dict(DatasetMetadata({}, data_config="metaworld").to_dict()).data_config == "metaworld"
+    assert "data_config" not in DatasetMetadata({}).to_dict()
+    assert _merge_metadata([source("a", "metaworld"), source("b", "metaworld")], "t").data_config == "metaworld"
+    assert _merge_metadata([source("a", "metaworld"), source("b", "libero_nonorm")], "t").data_config is None

@@ -119,3 +119,18 @@ def test_metaworld_observation_and_action_mapping():
     np.testing.assert_array_equal(chunk[:, 3], -1.0)
     with pytest.raises(KeyError, match="action.gripper"):
         metaworld_action_chunk({"action.eef_position": np.ones((16, 3))}, goal_config)
+
+
+def test_eval_uses_the_data_config_and_prompt_the_checkpoint_was_trained_with(tmp_path):
+    import json
+
+    from beingh.eval.policy_loader import PolicySpec, trained_data_config, trained_prompt_template
+    from tests.test_inference_policy import DATASET, write_checkpoint
+
+    checkpoint = write_checkpoint(tmp_path / "ckpt")
+    spec = PolicySpec(policy=str(checkpoint), data_config_name=None, embodiment_tag="metaworld",
+                      dataset_name=DATASET)
+    assert trained_data_config(checkpoint, spec) == "metaworld"
+    assert trained_prompt_template(checkpoint) == "long"
+    (checkpoint / "train_args.json").write_text(json.dumps({"data": {"prompt_template": "short"}}))
+    assert trained_prompt_template(checkpoint) == "short"

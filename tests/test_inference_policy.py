@@ -202,6 +202,8 @@ def test_constructor_errors_name_the_problem(checkpoint, tmp_path):
         make_policy(checkpoint, use_mpg=True, mpg_lambda=0.5)
     with pytest.raises(FileNotFoundError, match="model_path"):
         make_policy(tmp_path / "missing")
+    with pytest.raises(ValueError, match="computed with data config 'metaworld'.*Pass 'metaworld'"):
+        make_policy(checkpoint, data_config_name="metaworld_goal")
 
 
 def test_metadata_in_checkpoint_root_is_found(checkpoint, tmp_path):

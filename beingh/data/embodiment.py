@@ -144,7 +144,7 @@ class BaseDataConfig:
         spec = cls.__dict__.get("_SPEC")
         if spec is not None:
             return _instance_from_spec, spec, self.__dict__
-        name = next((n for n, c in DATA_CONFIG_MAP.items() if c is cls), None)
+        name = self.registered_name
         if _importable(cls) or name is None:
             return super().__reduce_ex__(protocol)
         return _instance_from_registry, (name,), self.__dict__
@@ -152,6 +152,11 @@ class BaseDataConfig:
     @property
     def name(self) -> str:
         return type(self).__name__
+
+    @property
+    def registered_name(self) -> str | None:
+        """The name this config's class is registered under (None when unregistered)."""
+        return next((n for n, c in DATA_CONFIG_MAP.items() if c is type(self)), None)
 
     def modality(self, key: str) -> ModalityDef:
         if key not in self.modalities:
@@ -519,7 +524,17 @@ class MetaWorldGoalDataConfig(MetaWorldDataConfig):
     }
 
 
+class MetaWorldTwoViewDataConfig(MetaWorldDataConfig):
+    """`metaworld` (camera only, no privileged state) with a second, top-down camera
+    (`observation.images.top`, written by `beingh demo` for this config): the goal's x, y are image
+    coordinates there, and with the corner view its height is fixed too."""
+
+    VIDEO_KEYS = ["video.corner", "video.top"]
+    VIDEO_SOURCE_COLUMNS = {"video.corner": "observation.images.corner", "video.top": "observation.images.top"}
+
+
 register_data_config("libero_nonorm", LiberoNoNormDataConfig)
 register_data_config("robocasa_human", RobocasaHumanDataConfig)
 register_data_config("metaworld", MetaWorldDataConfig)
 register_data_config("metaworld_goal", MetaWorldGoalDataConfig)
+register_data_config("metaworld_2view", MetaWorldTwoViewDataConfig)

@@ -77,6 +77,9 @@ class DatasetMetadata:
     statistics: dict[str, dict[str, ColumnStats]]
     modalities: dict[str, dict[str, Any]] = field(default_factory=dict)
     embodiment_tag: str = NEW_EMBODIMENT
+    data_config: str | None = None
+    """Registered name of the DataConfig these statistics were cut with; None for statistics merged over
+    datasets of different configs. Inference refuses a different config (keys would silently go missing)."""
 
     @property
     def fps(self) -> float | None:
@@ -98,6 +101,7 @@ class DatasetMetadata:
                 **{g: {k: vars(m).copy() for k, m in self.modalities.get(g, {}).items()} for g in MODALITY_GROUPS},
             },
             "embodiment_tag": self.embodiment_tag,
+            **({"data_config": self.data_config} if self.data_config is not None else {}),
         }
 
     @classmethod
@@ -121,7 +125,7 @@ class DatasetMetadata:
                                 bool(v.get("continuous", True)))
                 for k, v in (raw.get(group) or {}).items()
             }
-        return cls(statistics, modalities, str(data.get("embodiment_tag") or NEW_EMBODIMENT))
+        return cls(statistics, modalities, str(data.get("embodiment_tag") or NEW_EMBODIMENT), data.get("data_config"))
 
 
 def build_dataset_metadata(
@@ -150,7 +154,7 @@ def build_dataset_metadata(
         height, width, channels = (list(feature["shape"]) + [3])[:3]
         modalities["video"][key.split(".", 1)[1]] = VideoMeta((int(width), int(height)), int(channels),
                                                               float(dataset.fps))
-    return DatasetMetadata(statistics, modalities, data_config.embodiment_tag)
+    return DatasetMetadata(statistics, modalities, data_config.embodiment_tag, data_config.registered_name)
 
 
 @dataclass
@@ -190,7 +194,8 @@ def _merge_metadata(sources: Sequence[MetadataSource], tag: str) -> DatasetMetad
         for group, entries in source.metadata.modalities.items():
             for name, meta in entries.items():
                 modalities.setdefault(group, {}).setdefault(name, meta)
-    return DatasetMetadata(statistics, modalities, tag)
+    configs = {s.metadata.data_config for s in sources}
+    return DatasetMetadata(statistics, modalities, tag, configs.pop() if len(configs) == 1 else None)
 
 
 def build_group_metadata(group: str, sources: Sequence[MetadataSource], stats_level: str = "auto") -> dict:

@@ -9,16 +9,20 @@ import sys
 from pathlib import Path
 
 ENVS = ("metaworld", "libero", "robocasa")
+DEFAULT_DATA_CONFIGS = {"metaworld": "metaworld", "libero": "libero_nonorm", "robocasa": "robocasa_human"}
 
 
-def _add_policy_args(parser: argparse.ArgumentParser, default_config: str, default_tag: str) -> None:
+def _add_policy_args(parser: argparse.ArgumentParser, env: str, default_tag: str) -> None:
     group = parser.add_argument_group("policy")
     group.add_argument("--policy", required=True, help="checkpoint folder or ws://host:port of `beingh serve`")
-    group.add_argument("--data_config_name", default=default_config)
+    group.add_argument("--data_config_name", default=None,
+                       help="default: the one the checkpoint (or server) was trained with, "
+                       f"else {DEFAULT_DATA_CONFIGS[env]}")
     group.add_argument("--embodiment_tag", default=default_tag)
     group.add_argument("--dataset_name", default=None,
                        help="metadata group (default: the one <group>_metadata.json in experiment_cfg/)")
-    group.add_argument("--instruction_template", default="long")
+    group.add_argument("--instruction_template", default=None,
+                       help="default: the checkpoint's training --prompt_template (train_args.json), else long")
     group.add_argument("--metadata_variant", default=None)
     group.add_argument("--stats_selection_mode", default="auto", choices=("auto", "task", "embodiment"))
     group.add_argument("--device", default=None)
@@ -35,6 +39,7 @@ def _policy_spec(args: argparse.Namespace):
     from beingh.eval.policy_loader import PolicySpec
 
     return PolicySpec(
+        default_data_config=DEFAULT_DATA_CONFIGS[args.env],
         policy=args.policy, data_config_name=args.data_config_name, embodiment_tag=args.embodiment_tag,
         dataset_name=args.dataset_name, instruction_template=args.instruction_template,
         metadata_variant=args.metadata_variant, stats_selection_mode=args.stats_selection_mode,
@@ -49,7 +54,7 @@ def build_parser(env: str) -> argparse.ArgumentParser:
     if env == "metaworld":
         from beingh.eval.metaworld_env import EVAL_SEED_START
 
-        _add_policy_args(parser, "metaworld", "metaworld")
+        _add_policy_args(parser, env, "metaworld")
         parser.add_argument("--tasks", default="reach-v3,push-v3")
         parser.add_argument("--episodes", type=int, default=20, help="episodes per task")
         parser.add_argument("--max_steps", type=int, default=200)
@@ -61,12 +66,12 @@ def build_parser(env: str) -> argparse.ArgumentParser:
     elif env == "libero":
         from beingh.eval.libero_client import add_libero_args
 
-        _add_policy_args(parser, "libero_nonorm", "libero")
+        _add_policy_args(parser, env, "libero")
         add_libero_args(parser)
     else:
         from beingh.eval.robocasa_client import add_robocasa_args
 
-        _add_policy_args(parser, "robocasa_human", "robocasa")
+        _add_policy_args(parser, env, "robocasa")
         add_robocasa_args(parser)
     return parser
 
@@ -89,11 +94,16 @@ def run_metaworld(args: argparse.Namespace) -> dict:
     from beingh.eval.rollout import RolloutConfig, evaluate
 
     tasks = parse_tasks(args.tasks)
+    spec = _policy_spec(args)
+    policy = open_policy(spec)
     config = RolloutConfig(execute_steps=args.execute_steps, max_steps=args.max_steps, rtc=args.rtc,
-                           image_size=args.image_size, camera=args.camera, data_config_name=args.data_config_name)
-    policy = open_policy(_policy_spec(args))
-    return evaluate(policy, tasks, args.episodes, config, seed_start=args.seed_start, video_dir=args.video_dir,
-                    videos_per_task=args.videos_per_task)
+                           image_size=args.image_size, camera=args.camera, data_config_name=spec.data_config_name)
+    try:
+        return evaluate(policy, tasks, args.episodes, config, seed_start=args.seed_start,
+                        video_dir=args.video_dir, videos_per_task=args.videos_per_task)
+    finally:
+        if hasattr(policy, "close"):
+            policy.close()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -112,8 +112,8 @@ def run_libero(args: argparse.Namespace, spec) -> dict[str, Any]:
     max_steps = args.max_steps or SUITE_MAX_STEPS[suite]
     task_suite = benchmark.get_benchmark_dict()[suite]()
     task_ids = ([int(t) for t in args.task_ids.split(",")] if args.task_ids else list(range(task_suite.n_tasks)))
-    data_config = get_data_config(spec.data_config_name)(embodiment_tag=spec.embodiment_tag)
     executor = ChunkExecutor(open_policy(spec), args.execute_steps, args.rtc)
+    data_config = get_data_config(spec.data_config_name)(embodiment_tag=spec.embodiment_tag)
     results: dict[str, Any] = {"suite": suite, "max_steps": max_steps, "tasks": {}, "episodes": []}
     progress = tqdm(total=len(task_ids) * args.num_trials, desc=f"eval {suite}", unit="ep")
     for task_id in task_ids:

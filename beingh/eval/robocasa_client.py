@@ -101,8 +101,8 @@ def run_robocasa(args: argparse.Namespace, spec) -> dict[str, Any]:
     os.environ.setdefault("MUJOCO_GL", "egl")
     robosuite, single_stage, load_controller = _import_robocasa()
     tasks = (args.tasks.split(",") if args.tasks else [t for t in single_stage if t not in EXCLUDED_TASKS])
-    data_config = get_data_config(spec.data_config_name)(embodiment_tag=spec.embodiment_tag)
     executor = ChunkExecutor(open_policy(spec), args.execute_steps, args.rtc)
+    data_config = get_data_config(spec.data_config_name)(embodiment_tag=spec.embodiment_tag)
     results: dict[str, Any] = {"tasks": {}, "episodes": []}
     progress = tqdm(total=len(tasks) * args.num_trials, desc="eval robocasa", unit="ep")
     for task_index, task in enumerate(tasks):

@@ -109,6 +109,11 @@ class BeingHPolicy:
         self.metadata_file = find_metadata_file(self.model_path, dataset_name)
         self.dataset_metadata = load_metadata(self.metadata_file, dataset_name, metadata_variant,
                                               stats_selection_mode)
+        trained_config = self.dataset_metadata.data_config
+        if trained_config is not None and trained_config != data_config_name:
+            raise ValueError(f"{self.metadata_file}: these statistics were computed with data config "
+                             f"{trained_config!r}, but data_config_name={data_config_name!r}; the model would get "
+                             f"different state/action slots than in training. Pass {trained_config!r}.")
         self.transform = EmbodimentTransform(self.data_config, self.dataset_metadata)
         self.video_keys = inference_views(self.data_config)
         self.embodiment_id = embodiment_id(embodiment_tag)
