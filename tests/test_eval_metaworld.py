@@ -84,3 +84,42 @@ def test_collect_refuses_evaluation_seeds(tmp_path):
     with pytest.raises(ValueError, match="never overlap evaluation seeds"):
         collect_demos(CollectConfig(tasks=["reach-v3"], episodes=2, out=tmp_path / "x", seed=EVAL_SEED_START - 1))
     assert not (tmp_path / "x").exists()
+
+
+def test_extra_topview_camera_is_collected_and_fed_to_the_two_view_config(tmp_path):
+    from beingh.eval.collect import extra_cameras_for
+    from beingh.eval.rollout import data_config_cameras, metaworld_data_config, metaworld_observation
+
+    config = metaworld_data_config("metaworld_2view")
+    assert data_config_cameras(config) == ("topview",)
+    assert data_config_cameras(metaworld_data_config("metaworld")) == ()
+    with pytest.raises(ValueError, match="no camera column"):
+        extra_cameras_for(["observation.images.wrist"])
+    out = tmp_path / "demos"
+    collect_demos(CollectConfig(tasks=["reach-v3"], episodes=1, out=out, image_size=32, max_steps=100,
+                                extra_cameras=("topview",)))
+    ds = LeRobotDataset(out)
+    corner = ds.read_images(0, np.array([0]), "observation.images.corner")
+    top = ds.read_images(0, np.array([0]), "observation.images.top")
+    assert top.shape == corner.shape == (1, 32, 32, 3)
+    env = MetaWorldEnv("reach-v3", image_size=32, extra_cameras=("topview",))
+    observation = env.reset(0)
+    env.close()
+    assert set(observation.extra_images) == {"topview"}
+    assert not np.array_equal(observation.extra_images["topview"], observation.image)
+    policy_input = metaworld_observation(observation, "reach the target", config)
+    np.testing.assert_array_equal(policy_input["video.top"], observation.extra_images["topview"])
+    np.testing.assert_array_equal(policy_input["video.corner"], observation.image)
+    with pytest.raises(ValueError, match="no camera 'nope'"):
+        MetaWorldEnv("reach-v3", image_size=32, extra_cameras=("nope",))
+
+
+def test_reused_demos_must_hold_the_data_config_cameras(tmp_path):
+    from beingh.eval.demo import DemoRecipe, check_reused_demos
+
+    out = tmp_path / "demos"
+    collect_demos(CollectConfig(tasks=["reach-v3"], episodes=1, out=out, image_size=32, max_steps=100))
+    check_reused_demos(out, DemoRecipe(tasks="reach-v3", image_size=32, data_config="metaworld"), ["reach-v3"])
+    with pytest.raises(SystemExit, match=r"missing camera columns \['observation.images.top'\]"):
+        check_reused_demos(out, DemoRecipe(tasks="reach-v3", image_size=32, data_config="metaworld_2view"),
+                           ["reach-v3"])

@@ -12,7 +12,11 @@ Measured with the default recipe (2 shared CPU cores, torch 2.13 CPU, other jobs
 collect 50 s, train 4000 steps 540 s, evaluate 40 episodes 31 s, 10.4 min in all; success on evaluation
 seeds reach-v3 17/20, push-v3 19/20. With `--data_config metaworld` (camera only, no privileged object/
 goal state) the same budget reaches only 10% / 25-35%: a tiny ViT trained from scratch for minutes does
-not learn to localize the goal.
+not learn to localize the goal. `--data_config metaworld_2view` adds a top-down camera (the goal's x, y
+become image coordinates); measured on a quiet machine (~12 steps/s): 100 demos/task, 6000 steps, 10.5
+min: reach 5/20, push 7/20; 300 demos/task, 10000 steps, 19.4 min: 7/20, 5/20; 84 px, 150 demos/task,
+7000 steps, 14.2 min: 1/20, 5/20. Failed reaches stop 4-15 cm from the goal: camera-only localization,
+not the amount of demos, is what the CPU budget lacks.
 """
 
 from __future__ import annotations
@@ -41,7 +45,8 @@ class DemoRecipe:
     """The CPU recipe (2 cores, < 30 min end to end); every field is a `beingh demo run` flag."""
 
     tasks: str = "reach-v3,push-v3"
-    data_config: str = "metaworld_goal"  # + privileged object/goal xyz as state; "metaworld": camera only
+    data_config: str = "metaworld_goal"  # + privileged object/goal xyz as state; "metaworld": camera only;
+    # "metaworld_2view": camera only, corner + top-down views (collected when the config asks for them)
     episodes: int = 50  # expert demos per task (training seeds 0..)
     image_size: int = 56  # 56 px -> 16 ViT patches -> 4 image tokens after pixel shuffle
     steps: int = 4000
@@ -84,6 +89,8 @@ def collect_main(argv: list[str]) -> int:
     parser.add_argument("--out", type=Path, required=True, help="dataset folder to create")
     parser.add_argument("--image_size", type=int, default=224)
     parser.add_argument("--camera", default="corner2")
+    parser.add_argument("--extra_cameras", default="",
+                        help="comma-separated extra cameras, e.g. topview (-> observation.images.top)")
     parser.add_argument("--seed", type=int, default=TRAIN_SEED_START, help="first training seed (< 10000)")
     parser.add_argument("--keep_failed", action="store_true", help="also keep episodes the expert failed")
     parser.add_argument("--max_steps", type=int, default=200)
@@ -92,7 +99,7 @@ def collect_main(argv: list[str]) -> int:
     report = collect_demos(CollectConfig(
         tasks=parse_tasks(args.tasks), episodes=args.episodes, out=args.out, image_size=args.image_size,
         camera=args.camera, seed=args.seed, keep_failed=args.keep_failed, max_steps=args.max_steps,
-        video_codec=args.video_codec))
+        video_codec=args.video_codec, extra_cameras=tuple(c.strip() for c in args.extra_cameras.split(",") if c.strip())))
     print(json.dumps({"out": str(report.out), "kept": report.kept, "attempted": report.attempted,
                       "frames": report.num_frames}, indent=2))
     return 0
@@ -132,14 +139,18 @@ def check_reused_demos(data: Path, recipe: DemoRecipe, tasks: list[str]) -> None
     from beingh.data.lerobot import LeRobotDataset
     from beingh.eval.collect import CAMERA_COLUMN
     from beingh.eval.metaworld_env import task_description
+    from beingh.eval.rollout import metaworld_data_config
 
     dataset = LeRobotDataset(data)
     size = dataset.features[CAMERA_COLUMN]["shape"][0]
     texts = set(dataset.tasks.values())
     wanted = {task_description(t) for t in tasks}
-    if size != recipe.image_size or texts != wanted:
-        raise SystemExit(f"beingh demo run: existing demos in {data} ({size} px, tasks {sorted(texts)}) do not match "
-                         f"--image_size {recipe.image_size} --tasks {recipe.tasks}; use a new --workdir")
+    missing = sorted(set(metaworld_data_config(recipe.data_config).VIDEO_SOURCE_COLUMNS.values())
+                     - set(dataset.features))
+    if size != recipe.image_size or texts != wanted or missing:
+        raise SystemExit(f"beingh demo run: existing demos in {data} ({size} px, tasks {sorted(texts)}, missing "
+                         f"camera columns {missing}) do not match --image_size {recipe.image_size} --tasks "
+                         f"{recipe.tasks} --data_config {recipe.data_config}; use a new --workdir")
 
 
 def write_tiny_model_folders(recipe: DemoRecipe, paths: DemoPaths) -> None:
@@ -202,15 +213,22 @@ def held_out_chunk_plot(policy, recipe: DemoRecipe, out: Path) -> Path:
     """Policy chunk vs the expert's next actions on a frame of an expert episode with an unseen seed."""
     from beingh.eval.metaworld_env import EVAL_SEED_START, MetaWorldEnv, ScriptedExpert, parse_tasks
     from beingh.eval.plots import plot_action_chunk
-    from beingh.eval.rollout import metaworld_action_chunk, metaworld_data_config, metaworld_observation
+    from beingh.eval.rollout import (
+        data_config_cameras,
+        metaworld_action_chunk,
+        metaworld_data_config,
+        metaworld_observation,
+    )
 
     task = parse_tasks(recipe.tasks)[-1]
     seed = EVAL_SEED_START - 1  # never a training seed (collection stops far below) nor an evaluation seed
-    env, expert = MetaWorldEnv(task, recipe.image_size, max_episode_steps=recipe.max_steps), ScriptedExpert(task)
+    data_config = metaworld_data_config(recipe.data_config)
+    env = MetaWorldEnv(task, recipe.image_size, max_episode_steps=recipe.max_steps,
+                       extra_cameras=data_config_cameras(data_config))
+    expert = ScriptedExpert(task)
     observation, query_step = env.reset(seed), 10
     for _ in range(query_step):
         observation, _, _ = env.step(expert(observation))
-    data_config = metaworld_data_config(recipe.data_config)
     policy.reset()
     predicted = metaworld_action_chunk(
         policy.get_action(metaworld_observation(observation, env.instruction, data_config)), data_config)
@@ -232,7 +250,7 @@ def run_main(argv: list[str]) -> int:
     from beingh.eval.collect import CollectConfig, collect_demos
     from beingh.eval.metaworld_env import parse_tasks
     from beingh.eval.policy_loader import PolicySpec, open_policy
-    from beingh.eval.rollout import RolloutConfig, evaluate
+    from beingh.eval.rollout import RolloutConfig, data_config_cameras, evaluate, metaworld_data_config
 
     parser = argparse.ArgumentParser(prog="beingh demo run", description=__doc__)
     parser.add_argument("--workdir", type=Path, default=Path("beingh_demo"))
@@ -252,8 +270,9 @@ def run_main(argv: list[str]) -> int:
         check_reused_demos(paths.data, recipe, tasks)
         logger.info("reusing demos in %s", paths.data)
     else:
-        collect_demos(CollectConfig(tasks=tasks, episodes=recipe.episodes, out=paths.data,
-                                    image_size=recipe.image_size, seed=recipe.seed))
+        collect_demos(CollectConfig(
+            tasks=tasks, episodes=recipe.episodes, out=paths.data, image_size=recipe.image_size, seed=recipe.seed,
+            extra_cameras=data_config_cameras(metaworld_data_config(recipe.data_config))))
     timings["collect_s"] = time.perf_counter() - start
 
     t0 = time.perf_counter()

@@ -9,7 +9,7 @@ are disjoint ranges (see `TRAIN_SEED_START` / `EVAL_SEED_START`).
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
@@ -37,8 +37,10 @@ TASK_DESCRIPTIONS: dict[str, str] = {
 }
 # corner2 moved closer to the table as LeRobot's MetaWorld wrapper does, and narrowed from 60 to 45 degrees
 # so the workspace fills the frame: the reach goal and the puck are then several pixels wide at 112 px.
-CAMERA_POSITIONS: dict[str, tuple[float, float, float]] = {"corner2": (0.75, 0.075, 0.7)}
-CAMERA_FOVY: dict[str, float] = {"corner2": 45.0}
+# topview (looking straight down) is lowered and narrowed over the workspace, so the goal's x, y become image
+# coordinates; a second view that, with corner2, fixes the reach goal's height too.
+CAMERA_POSITIONS: dict[str, tuple[float, float, float]] = {"corner2": (0.75, 0.075, 0.7), "topview": (0.0, 0.7, 1.0)}
+CAMERA_FOVY: dict[str, float] = {"corner2": 45.0, "topview": 35.0}
 # The goal marker (a visual-only site: it never collides and does not enter the success test) is drawn as a
 # bright-green 3.5 cm sphere instead of a 2 cm one whose colour may match the red robot, so that a policy
 # looking through a small camera image can find it.
@@ -54,6 +56,7 @@ class MetaWorldObservation:
     image: np.ndarray  # (H, W, 3) uint8, upright
     state: np.ndarray  # (4,) float32: hand x, y, z, gripper opening
     raw: np.ndarray  # full 39-dim MetaWorld observation (for the scripted expert)
+    extra_images: dict[str, np.ndarray] = field(default_factory=dict)  # camera name -> (H, W, 3) uint8
 
     @property
     def environment_state(self) -> np.ndarray:
@@ -82,9 +85,11 @@ def parse_tasks(spec: str) -> list[str]:
 
 
 class MetaWorldEnv:
-    """One MetaWorld task with an offscreen camera. Actions are clipped to [-1, 1] before stepping."""
+    """One MetaWorld task with an offscreen camera (plus `extra_cameras`, rendered into
+    `MetaWorldObservation.extra_images`). Actions are clipped to [-1, 1] before stepping."""
 
-    def __init__(self, task: str, image_size: int = 224, camera: str = "corner2", max_episode_steps: int = 500):
+    def __init__(self, task: str, image_size: int = 224, camera: str = "corner2", max_episode_steps: int = 500,
+                 extra_cameras: tuple[str, ...] = ()):
         from metaworld.env_dict import ALL_V3_ENVIRONMENTS
 
         if task not in ALL_V3_ENVIRONMENTS:
@@ -94,6 +99,7 @@ class MetaWorldEnv:
         self.image_size = image_size
         self.camera = camera
         self.max_episode_steps = max_episode_steps
+        self.extra_cameras = tuple(extra_cameras)
         env = ALL_V3_ENVIRONMENTS[task](render_mode="rgb_array", camera_name=camera, width=image_size,
                                        height=image_size)
         env._partially_observable = False  # goal position in obs[36:39], needed by the scripted experts
@@ -102,15 +108,24 @@ class MetaWorldEnv:
         env._freeze_rand_vec = False
         env.seeded_rand_vec = True
         env.max_path_length = max_episode_steps
-        camera_id = env.model.camera(camera).id
-        if camera in CAMERA_POSITIONS:
-            env.model.cam_pos[camera_id] = CAMERA_POSITIONS[camera]
-        if camera in CAMERA_FOVY:
-            env.model.cam_fovy[camera_id] = CAMERA_FOVY[camera]
+        for name in (camera, *self.extra_cameras):
+            self.place_camera(env.model, name)
         self.fast_render_flags(env.model)
         self.enlarge_goal_marker(env.model)
         self.env = env
         self.steps = 0
+
+    @staticmethod
+    def place_camera(model, name: str) -> None:
+        try:
+            camera_id = model.camera(name).id
+        except KeyError as error:
+            raise ValueError(f"MetaWorld has no camera {name!r}; known: "
+                             f"{[model.camera(i).name for i in range(model.ncam)]}") from error
+        if name in CAMERA_POSITIONS:
+            model.cam_pos[camera_id] = CAMERA_POSITIONS[name]
+        if name in CAMERA_FOVY:
+            model.cam_fovy[camera_id] = CAMERA_FOVY[name]
 
     @staticmethod
     def fast_render_flags(model) -> None:
@@ -128,12 +143,21 @@ class MetaWorldEnv:
             model.site_size[site_id, 0] = GOAL_MARKER_RADIUS
             model.site_rgba[site_id] = GOAL_MARKER_RGBA
 
-    def render(self) -> np.ndarray:
-        """Upright RGB frame: MetaWorld cameras render rotated 180 degrees."""
-        return np.ascontiguousarray(self.env.render()[::-1, ::-1])
+    def render(self, camera: str | None = None) -> np.ndarray:
+        """Upright RGB frame of `camera` (default: the main one): MetaWorld cameras render rotated 180 degrees."""
+        renderer = self.env.mujoco_renderer
+        main_id = renderer.camera_id
+        if camera is not None and camera != self.camera:
+            renderer.camera_id = self.env.model.camera(camera).id
+        try:
+            image = self.env.render()
+        finally:
+            renderer.camera_id = main_id
+        return np.ascontiguousarray(image[::-1, ::-1])
 
     def _observation(self, raw: np.ndarray) -> MetaWorldObservation:
-        return MetaWorldObservation(image=self.render(), state=raw[:STATE_DIM].astype(np.float32), raw=raw)
+        return MetaWorldObservation(image=self.render(), state=raw[:STATE_DIM].astype(np.float32), raw=raw,
+                                    extra_images={name: self.render(name) for name in self.extra_cameras})
 
     def reset(self, seed: int) -> MetaWorldObservation:
         self.env.seed(int(seed))

@@ -13,7 +13,7 @@ import numpy as np
 from tqdm import tqdm
 
 from beingh.data.embodiment import BaseDataConfig, get_data_config
-from beingh.eval.collect import CAMERA_COLUMN
+from beingh.eval.collect import CAMERA_COLUMN, EXTRA_CAMERA_COLUMNS, extra_cameras_for
 from beingh.eval.mapping import action_columns, policy_observation
 from beingh.eval.metaworld_env import ACTION_DIM, EVAL_SEED_START, MetaWorldEnv, MetaWorldObservation
 from beingh.eval.video_io import write_mp4
@@ -38,7 +38,7 @@ class RolloutConfig:
     rtc: bool = False  # report executed steps so the policy can lock the committed chunk prefix
     image_size: int = 224
     camera: str = "corner2"
-    data_config_name: str = "metaworld"  # or "metaworld_goal" (privileged object/goal state)
+    data_config_name: str = "metaworld"  # "metaworld_goal" (privileged object/goal state), "metaworld_2view"
 
 
 @dataclass
@@ -60,7 +60,14 @@ def metaworld_observation(observation: MetaWorldObservation, instruction: str,
     """Env observation -> policy observation dict (the columns `beingh demo collect` writes)."""
     columns = {"observation.state": observation.state,
                "observation.environment_state": observation.environment_state}
-    return policy_observation(data_config, columns, {CAMERA_COLUMN: observation.image}, instruction)
+    images = {CAMERA_COLUMN: observation.image,
+              **{EXTRA_CAMERA_COLUMNS[camera]: image for camera, image in observation.extra_images.items()}}
+    return policy_observation(data_config, columns, images, instruction)
+
+
+def data_config_cameras(data_config: BaseDataConfig) -> tuple[str, ...]:
+    """The extra MetaWorld cameras the data config's views need (besides the main one)."""
+    return extra_cameras_for(list(data_config.VIDEO_SOURCE_COLUMNS.values()))
 
 
 def metaworld_action_chunk(reply: dict[str, Any], data_config: BaseDataConfig) -> np.ndarray:
@@ -131,7 +138,8 @@ def evaluate(policy: ChunkPolicy, tasks: list[str], episodes: int, config: Rollo
     results: dict[str, Any] = {"config": asdict(config), "seed_start": seed_start, "tasks": {}, "episodes": []}
     progress = tqdm(total=episodes * len(tasks), desc="eval", unit="ep")
     for task in tasks:
-        env = MetaWorldEnv(task, config.image_size, config.camera, config.max_steps)
+        env = MetaWorldEnv(task, config.image_size, config.camera, config.max_steps,
+                           data_config_cameras(metaworld_data_config(config.data_config_name)))
         successes = 0
         for i in range(episodes):
             record = video_dir is not None and i < videos_per_task
