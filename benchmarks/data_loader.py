@@ -35,7 +35,7 @@ from beingh.data.embodiment import MetaWorldDataConfig, register_data_config  # 
 from beingh.data.pipeline import DataArgs, SequenceArgs, build_train_loader  # noqa: E402
 from beingh.data.tokenizer import build_tiny_tokenizer  # noqa: E402
 
-FIXTURE = REPO_ROOT.parent / "shared" / "fixtures" / "lerobot" / "v30_av1"
+FIXTURE = REPO_ROOT / "tests" / "fixtures" / "lerobot" / "v30_av1"
 SECOND_CAMERA = "observation.images.corner2"
 
 

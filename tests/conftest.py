@@ -1,4 +1,4 @@
-"""Shared test fixtures: paths to ../shared fixtures and a tiny tokenizer folder."""
+"""Shared test fixtures: paths to the in-repo data fixtures (tests/fixtures) and a tiny tokenizer folder."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import pytest
 import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_FIXTURES = REPO_ROOT.parent / "shared" / "fixtures"
-LEROBOT_FIXTURES = SHARED_FIXTURES / "lerobot"
-TINY_CHECKPOINT = SHARED_FIXTURES / "beingh05_tiny_checkpoint"
+FIXTURES = REPO_ROOT / "tests" / "fixtures"
+LEROBOT_FIXTURES = FIXTURES / "lerobot"
+TINY_CHECKPOINT = FIXTURES / "beingh05_tiny_checkpoint"
 
 # Tests use tiny tensors on 2 cores shared with other processes: intra-op worker threads then spin against
 # each other and the other processes (measured 10-30x slower model tests under load), for no gain.
@@ -20,7 +20,7 @@ torch.set_num_threads(1)
 @pytest.fixture(scope="session")
 def lerobot_fixtures() -> Path:
     if not LEROBOT_FIXTURES.is_dir():
-        pytest.fail(f"LeRobot fixtures not found at {LEROBOT_FIXTURES} (expected ../shared beside the repo)")
+        pytest.fail(f"LeRobot fixtures not found at {LEROBOT_FIXTURES} (they are part of the repository: tests/fixtures)")
     return LEROBOT_FIXTURES
 
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import LEROBOT_FIXTURES
 
 from beingh.data.dataset_config import DatasetConfigError, DatasetEntry, DatasetGroup
 from beingh.data.pipeline import DataArgs, SequenceArgs, build_train_loader
@@ -181,7 +182,7 @@ def test_state_mismatch_is_rejected(tokenizer, stats_cache):
 def test_ranks_see_disjoint_frames(tokenizer, stats_cache, tmp_path):
     config = tmp_path / "one.yaml"
     config.write_text(yaml.safe_dump({"one": {
-        "dataset_names": [str(FIXTURE_CONFIG.parent / "../../../shared/fixtures/lerobot/v30_av1")],
+        "dataset_names": [str(LEROBOT_FIXTURES / "v30_av1")],
         "data_config_names": "metaworld", "embodiment_tags": "metaworld"}}))
     keys = []
     for rank in range(2):
@@ -205,7 +206,7 @@ def test_group_metadata_written(tokenizer, stats_cache, tmp_path):
 def test_bad_dataset_is_reported_with_the_group(tokenizer, stats_cache, tmp_path):
     config = tmp_path / "bad.yaml"
     config.write_text(yaml.safe_dump({"bad": {
-        "dataset_names": [str(FIXTURE_CONFIG.parent / "../../../shared/fixtures/lerobot/v30_av1")],
+        "dataset_names": [str(LEROBOT_FIXTURES / "v30_av1")],
         "data_config_names": "libero_nonorm", "embodiment_tags": "libero"}}))
     with pytest.raises(DatasetConfigError, match="group 'bad'.*observation.images"):
         _loader(tokenizer, stats_cache, config=config)
@@ -220,7 +221,7 @@ def test_views_are_images_of_the_right_frame(tokenizer, stats_cache):
 
 
 def test_mandatory_group_opens_every_pack(tokenizer, stats_cache, tmp_path):
-    fixtures = FIXTURE_CONFIG.parent / "../../../shared/fixtures/lerobot"
+    fixtures = LEROBOT_FIXTURES
     config = tmp_path / "two_groups.yaml"
     config.write_text(yaml.safe_dump({
         "main": {"dataset_names": [str(fixtures / "v30_av1")], "data_config_names": "metaworld",

@@ -127,7 +127,7 @@ def test_compute_dataset_stats_is_exact_and_cached_outside_the_dataset(lerobot_f
 
     root = tmp_path / "ds"
     shutil.copytree(lerobot_fixtures / "v30_h264", root)
-    for path in [root, *root.rglob("*")]:  # the shared fixtures are read-only
+    for path in [root, *root.rglob("*")]:  # a copied fixture may be read-only
         path.chmod(0o755 if path.is_dir() else 0o644)
     dataset = LeRobotDataset(root)
     cache = tmp_path / "cache"

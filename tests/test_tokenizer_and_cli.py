@@ -68,3 +68,18 @@ def test_every_command_resolves_to_a_callable():
     for target, _ in COMMANDS.values():
         module_name, func_name = target.split(":")
         assert callable(getattr(importlib.import_module(module_name), func_name))
+
+
+@pytest.mark.parametrize("command", [
+    [], ["--help"], *[[name, "--help"] for name in COMMANDS],
+    ["demo", "collect", "--help"], ["demo", "run", "--help"],
+    *[["eval", "--env", env, "--help"] for env in ("metaworld", "libero", "robocasa")],
+])
+def test_every_help_exits_zero(command, capsys):
+    """`--help` of the dispatcher, every command and every subcommand prints usage and exits 0."""
+    try:
+        code = main(command)
+    except SystemExit as exit_:
+        code = exit_.code
+    assert code in (0, None)
+    assert "usage" in capsys.readouterr().out.lower()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -9,24 +10,15 @@ import pytest
 
 from beingh.train.args import ArgumentError, build_parser, parse_args, str2bool
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-GUIDE = REPO_ROOT.parent / "shared" / "reference" / "TRAINING_GUIDE.md"
-ROW = re.compile(r"^\|\s*`--(?P<name>\w+)`\s*\|(?P<rest>.*)\|\s*$")
+GUIDE_ARGUMENTS = Path(__file__).resolve().parent / "fixtures" / "training_guide_arguments.json"
 
 
 def guide_arguments() -> dict[str, str | None]:
-    """{argument: default as written in the guide, or None when the table has no default column / '-'}."""
-    if not GUIDE.is_file():
-        pytest.fail(f"training guide not found at {GUIDE}")
-    found: dict[str, str | None] = {}
-    for line in GUIDE.read_text().splitlines():
-        match = ROW.match(line.strip())
-        if not match:
-            continue
-        cells = [c.strip() for c in match["rest"].split("|")]
-        default = cells[0].strip("`") if len(cells) == 2 else None
-        found[match["name"]] = None if default in (None, "-") else default
-    return found
+    """{argument: default as written in the training guide's tables, or None where it gives none}.
+
+    The names and defaults were extracted once from TRAINING_GUIDE.md's argument tables.
+    """
+    return json.loads(GUIDE_ARGUMENTS.read_text())
 
 
 def _as_python(text: str, like: object) -> object:

@@ -80,6 +80,10 @@ def _env_name(argv: list[str]) -> str:
     pre = argparse.ArgumentParser(prog="beingh eval", add_help=False)
     pre.add_argument("--env", choices=ENVS)
     known, _ = pre.parse_known_args(argv)
+    if known.env is None and any(a in ("-h", "--help") for a in argv):
+        pre.print_usage()
+        print(f"--env is required ({', '.join(ENVS)}); `beingh eval --env ENV --help` lists that env's options")
+        raise SystemExit(0)
     if known.env is None:
         pre.print_usage(sys.stderr)
         print(f"beingh eval: --env is required ({', '.join(ENVS)}); add --help after it for its options",

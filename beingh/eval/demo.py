@@ -327,7 +327,12 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     commands: dict[str, Any] = {"collect": collect_main, "run": run_main}
+    usage = ("usage: beingh demo {collect|run} [--help]\n\n  collect  scripted-expert demos into a LeRobot "
+             "dataset\n  run      collect, train, evaluate: the end-to-end CPU demo")
+    if argv and argv[0] in ("-h", "--help"):
+        print(usage)
+        return 0
     if not argv or argv[0] not in commands:
-        print("usage: beingh demo {collect|run} [--help]", file=sys.stderr)
+        print(usage, file=sys.stderr)
         return 2
     return int(commands[argv[0]](argv[1:]) or 0)
