@@ -73,7 +73,7 @@ def test_random_access_returns_exact_frames(clip):
 
 
 def test_batch_in_any_order_and_jittered_times_pick_nearest(clip):
-    decoder = make_video_decoder("pyav")
+    decoder = make_video_decoder("pyav", tolerance_s=0.49 / FPS)
     targets = np.array([37, 3, 3, 20, 0, 39, 11])
     jitter = np.array([0.2, -0.3, 0.0, 0.45, 0.1, -0.45, -0.2]) / FPS
     frames = decoder.decode(clip, targets / FPS + jitter)
@@ -121,8 +121,23 @@ def test_timestamp_beyond_end_names_file_and_time(clip):
 def test_explicit_tolerance_rejects_misaligned_time(clip):
     decoder = make_video_decoder("pyav", tolerance_s=1e-3)
     assert _frame_ids(decoder.decode(clip, [5 / FPS + 5e-4]))[0] == 5
-    with pytest.raises(VideoDecodeError, match="not found in video"):
+    with pytest.raises(VideoDecodeError, match=r"between two frames of video .* at 0\.250000s and 0\.300000s"):
         decoder.decode(clip, [5 / FPS + 0.3 / FPS])
+
+
+def test_default_tolerance_is_lerobots_and_a_time_between_frames_is_an_error(clip):
+    """LeRobot's tolerance_s (1e-4 s): exact frame times decode, a time exactly between two frames fails."""
+    decoder = make_video_decoder("pyav")
+    assert decoder.tolerance_s == 1e-4
+    assert _frame_ids(decoder.decode(clip, [7 / FPS + 5e-5]))[0] == 7
+    with pytest.raises(VideoDecodeError, match=r"timestamp 0\.375000s is between two frames"):
+        decoder.decode(clip, [7.5 / FPS])
+
+
+def test_tolerance_of_half_a_frame_is_refused(clip):
+    """With tolerance >= half a frame a time between two frames would match both: refuse, never pick one."""
+    with pytest.raises(ValueError, match="not below half the frame interval"):
+        make_video_decoder("pyav", tolerance_s=0.5 / FPS).decode(clip, [7.5 / FPS])
 
 
 def test_missing_file_is_named(tmp_path):
@@ -183,7 +198,7 @@ def test_torchcodec_backend_picks_nearest_frame(clip, monkeypatch):
     package.decoders = decoders
     monkeypatch.setitem(sys.modules, "torchcodec", package)
     monkeypatch.setitem(sys.modules, "torchcodec.decoders", decoders)
-    decoder = make_video_decoder("torchcodec")
+    decoder = make_video_decoder("torchcodec", tolerance_s=0.49 / FPS)
     targets = np.array([37, 3, 20, 0, 39, 11])
     jitter = np.array([0.2, -0.3, 0.45, 0.0, -0.45, -0.2]) / FPS
     assert _frame_ids(decoder.decode(clip, targets / FPS + jitter)).tolist() == targets.tolist()

@@ -3,7 +3,8 @@
 The original loader returned the keyframe at or before the requested time instead of the frame
 shown at that time, so observations lagged the state/action for long-GOP videos. Here every request
 returns the frame whose presentation time is nearest the target, and fails loudly when no frame lies
-within the tolerance (e.g. a timestamp past the end of the video).
+within `tolerance_s` (LeRobot's 1e-4 s by default): a timestamp past the end of the video or between two
+frames is an error. The tolerance must stay below half a frame interval, so the choice is never ambiguous.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ DECODER_OPTIONS = ("tolerance_s", "max_open_files", "threads")
 """Keyword arguments of `make_video_decoder` that a dataset YAML may set (`video_backend_kwargs`)."""
 # The shipped upstream YAMLs name the PyAV path through torchvision ("torchvision_av").
 _BACKEND_ALIASES = {"pyav": "pyav", "av": "pyav", "torchvision_av": "pyav", "torchcodec": "torchcodec"}
+DEFAULT_TOLERANCE_S = 1e-4
+"""How far a frame may lie from its requested timestamp by default (LeRobot's `tolerance_s`)."""
 # Frames this close to a target are the target: covers float32 timestamps (LeRobot's own tolerance).
 _SAME_TIME_S = 1e-4
 # Cache entries inherited through fork: never used and never freed, because freeing FFmpeg objects
@@ -32,6 +35,34 @@ _FORK_INHERITED: list[Any] = []
 
 class VideoDecodeError(RuntimeError):
     """A requested timestamp has no frame within tolerance, or the file cannot be decoded."""
+
+    cause = "video decode"
+
+
+def check_tolerance(tolerance_s: float, frame_duration: float | None, path: Path) -> None:
+    """A tolerance of half a frame or more could match two frames: refuse it instead of picking one."""
+    if tolerance_s <= 0:
+        raise ValueError(f"tolerance_s must be > 0, got {tolerance_s}")
+    if frame_duration is not None and tolerance_s >= 0.5 * frame_duration:
+        raise ValueError(
+            f"tolerance_s {tolerance_s:g}s is not below half the frame interval ({0.5 * frame_duration:g}s) of "
+            f"{path}: a timestamp between two frames would match both"
+        )
+
+
+def video_frame_rate(path: str | Path) -> float | None:
+    """The frame rate a video stream declares (container header only, nothing decoded); None if unknown."""
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise VideoDecodeError(f"{path} has no video stream")
+            stream = container.streams.video[0]
+            rate = stream.average_rate or stream.guessed_rate
+    except av.error.FFmpegError as e:
+        raise VideoDecodeError(f"cannot open video {path}: {e}") from e
+    return float(rate) if rate else None
 
 
 def resolve_video_backend(name: str) -> str:
@@ -107,8 +138,8 @@ class VideoFrameDecoder(ABC):
     can travel to spawned DataLoader workers.
     """
 
-    def __init__(self, tolerance_s: float | None = None, max_open_files: int = 16):
-        self.tolerance_s = tolerance_s
+    def __init__(self, tolerance_s: float = DEFAULT_TOLERANCE_S, max_open_files: int = 16):
+        self.tolerance_s = float(tolerance_s)
         self.max_open_files = max_open_files
         self._open = ProcessLocalLRU(max_open_files, on_evict=self._close_handle)
 
@@ -249,11 +280,16 @@ class _PyAVVideo:
             raise VideoDecodeError(f"{self.path}: decoding failed near {t:.6f}s: {e}") from e
         best = min(self._recent, key=lambda f: abs(f.time - t))
         if abs(best.time - t) > tolerance_s:
-            past_end = self._frames is None and t > self._recent[-1].time
-            where = "beyond the end of" if past_end else "not found in"
+            before, after = self._recent[0].time, self._recent[-1].time
+            if self._frames is None and t > after:
+                where = f"beyond the end of video {self.path}: last frame at {after:.6f}s"
+            elif before < t < after:
+                where = f"between two frames of video {self.path}, at {before:.6f}s and {after:.6f}s"
+            else:
+                where = f"not found in video {self.path}: nearest frame at {best.time:.6f}s"
             raise VideoDecodeError(
-                f"timestamp {t:.6f}s is {where} video {self.path}: nearest frame at {best.time:.6f}s "
-                f"(tolerance {tolerance_s:.6f}s); the video is shorter than its timestamps or they are misaligned"
+                f"timestamp {t:.6f}s is {where} (tolerance_s {tolerance_s:g}); the video is shorter than its "
+                f"timestamps, or they are misaligned or use another fps"
             )
         return self._to_rgb.reformat(best.frame, format="rgb24", threads=1).to_ndarray()
 
@@ -261,7 +297,7 @@ class _PyAVVideo:
 class PyAVFrameDecoder(VideoFrameDecoder):
     """PyAV (FFmpeg) backend: seek to the keyframe before the target, decode forward to the nearest frame."""
 
-    def __init__(self, tolerance_s: float | None = None, max_open_files: int = 16, threads: int = 1):
+    def __init__(self, tolerance_s: float = DEFAULT_TOLERANCE_S, max_open_files: int = 16, threads: int = 1):
         super().__init__(tolerance_s, max_open_files)
         self.threads = threads
 
@@ -272,16 +308,14 @@ class PyAVFrameDecoder(VideoFrameDecoder):
         handle.close()
 
     def _decode_sorted(self, handle: _PyAVVideo, path: Path, timestamps: np.ndarray) -> list[np.ndarray]:
-        tol = self.tolerance_s
-        if tol is None:
-            tol = 0.5 * (handle.frame_duration or 0.05)
-        return [handle.frame_at(float(t), tol) for t in timestamps]
+        check_tolerance(self.tolerance_s, handle.frame_duration, path)
+        return [handle.frame_at(float(t), self.tolerance_s) for t in timestamps]
 
 
 class TorchCodecFrameDecoder(VideoFrameDecoder):
     """torchcodec backend (optional dependency); exact seek mode, one decoder per open file."""
 
-    def __init__(self, tolerance_s: float | None = None, max_open_files: int = 16, threads: int = 1):
+    def __init__(self, tolerance_s: float = DEFAULT_TOLERANCE_S, max_open_files: int = 16, threads: int = 1):
         try:
             from torchcodec.decoders import VideoDecoder
         except Exception as e:  # ImportError, or OSError when its FFmpeg/CUDA libraries are missing
@@ -319,7 +353,8 @@ class TorchCodecFrameDecoder(VideoFrameDecoder):
     def _decode_sorted(self, handle: Any, path: Path, timestamps: np.ndarray) -> list[np.ndarray]:
         meta = handle.metadata
         duration = 1.0 / meta.average_fps if meta.average_fps else 0.05
-        tol = self.tolerance_s if self.tolerance_s is not None else 0.5 * duration
+        tol = self.tolerance_s
+        check_tolerance(tol, duration, path)
         end = meta.end_stream_seconds
         # torchcodec returns the frame *displayed* at t; shifting by half a frame selects the nearest one.
         query = timestamps + 0.5 * duration - _SAME_TIME_S
@@ -337,17 +372,18 @@ class TorchCodecFrameDecoder(VideoFrameDecoder):
             i = int(np.argmax(bad))
             raise VideoDecodeError(
                 f"timestamp {timestamps[i]:.6f}s not found in video {path}: nearest frame at {pts[i]:.6f}s "
-                f"(tolerance {tol:.6f}s); the video is shorter than its timestamps or they are misaligned"
+                f"(tolerance_s {tol:g}); the video is shorter than its timestamps, or they are misaligned or "
+                f"use another fps"
             )
         return list(batch.data.numpy())
 
 
 def make_video_decoder(
-    backend: str = "pyav", tolerance_s: float | None = None, max_open_files: int = 16, threads: int = 1
+    backend: str = "pyav", tolerance_s: float = DEFAULT_TOLERANCE_S, max_open_files: int = 16, threads: int = 1
 ) -> VideoFrameDecoder:
     """Build a decoder for `backend` (see `resolve_video_backend`).
 
-    tolerance_s: how far the nearest frame may lie from a requested time; None means half a frame.
+    tolerance_s: how far the nearest frame may lie from a requested time (below half a frame interval).
     threads: codec threads per decoder; 1 suits DataLoader workers (one core each).
     """
     name = resolve_video_backend(backend)
