@@ -148,8 +148,12 @@ def test_compute_dataset_stats_is_exact_and_cached_outside_the_dataset(lerobot_f
     info["robot_type"] = "edited"
     (root / "meta" / "info.json").write_text(json.dumps(info, indent=1))
     edited = LeRobotDataset(root)
+    monkeypatch.setattr(edited, "column", lambda c: pytest.fail(f"read {c} again"))
+    with pytest.raises(pytest.fail.Exception, match="read action again"):  # the stale entry is recomputed ...
+        compute_dataset_stats(edited, cache, columns=["action"])
+    monkeypatch.undo()
     compute_dataset_stats(edited, cache, columns=["action"])
-    assert len(list(cache.glob("*.json"))) == 3
+    assert len(list(cache.glob("*.json"))) == 2  # ... in place: edits do not pile up stale entries
     with pytest.raises(ValueError, match="no column"):
         compute_dataset_stats(edited, cache, columns=["observation.nope"])
 

@@ -7,12 +7,20 @@ comes from this dataset's own info.json templates (the original used the first d
 
 Array conventions: list columns become (n, d) arrays (even when d == 1; nested lists add dims),
 scalar columns become (n,) arrays. Floating point -> float32, integers -> int64, booleans stay bool.
+
+Nothing non-finite leaves the reader: when a float column is first read from a file its NaN/inf rows
+are indexed once, and any read touching one raises `NonFiniteValueError` naming the file, column,
+episode and frame (clean files cost one dictionary test per read). Timing follows LeRobot: parquet
+timestamps must advance by 1/fps and every video frame must lie within `tolerance_s` (1e-4 s by
+default) of its row's timestamp, so a timestamp between two frames is an error, never a silent choice.
+Errors carry a `cause` label ("row count", "non-finite value", "timestamps", ...; see `error_cause`).
 """
 
 from __future__ import annotations
 
 import io
 import json
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +33,13 @@ import pyarrow.parquet as pq
 from PIL import Image
 from tqdm import tqdm
 
-from beingh.data.video import ProcessLocalLRU, make_video_decoder
+from beingh.data.video import (
+    DEFAULT_TOLERANCE_S,
+    ProcessLocalLRU,
+    VideoDecodeError,
+    make_video_decoder,
+    video_frame_rate,
+)
 
 SUPPORTED_VERSIONS = ("v2.0", "v2.1", "v3.0")
 CAMERA_DTYPES = ("video", "image")
@@ -43,7 +57,62 @@ _SEGMENT_SLACK_S = 1e-4
 
 
 class DatasetFormatError(ValueError):
-    """The dataset on disk does not match the LeRobot layout (message names the file and key)."""
+    """The dataset on disk does not match the LeRobot layout (message names the file and key).
+
+    `episode` is the episode concerned, where there is one.
+    """
+
+    cause = "format"
+
+    def __init__(self, message: str, episode: int | None = None):
+        super().__init__(message)
+        self.episode = episode
+
+
+class MissingColumnError(DatasetFormatError):
+    cause = "missing column"
+
+
+class RowCountError(DatasetFormatError):
+    """A data file's rows disagree with the episode metadata (count or episode order)."""
+
+    cause = "row count"
+
+
+class NonFiniteValueError(DatasetFormatError):
+    cause = "non-finite value"
+
+
+class ImageDecodeError(DatasetFormatError):
+    cause = "image decode"
+
+
+class TimestampError(DatasetFormatError):
+    """Parquet timestamps do not advance by 1/fps (within tolerance_s)."""
+
+    cause = "timestamps"
+
+
+class FrameRateError(DatasetFormatError):
+    """A video stream's frame rate disagrees with meta/info.json's fps."""
+
+    cause = "fps"
+
+
+def error_cause(err: BaseException) -> str:
+    """A short label for why reading data failed, for reports and skipped-sample logs."""
+    cause = getattr(err, "cause", None)
+    if isinstance(cause, str):
+        return cause
+    if isinstance(err, FileNotFoundError):
+        return "missing file"
+    if isinstance(err, ImportError):
+        return "missing dependency"
+    if isinstance(err, pa.ArrowException):
+        return "unreadable parquet"
+    if isinstance(err, OSError):
+        return "read error"
+    return type(err).__name__
 
 
 @dataclass(frozen=True)
@@ -155,8 +224,11 @@ def _decode_image(value: dict, root: Path, where: str) -> np.ndarray:
             raise FileNotFoundError(f"{where}: image file {source} not found")
     else:
         raise DatasetFormatError(f"{where}: image entry has neither bytes nor path")
-    with Image.open(source) as img:
-        return np.asarray(img.convert("RGB"))
+    try:
+        with Image.open(source) as img:
+            return np.asarray(img.convert("RGB"))
+    except (OSError, SyntaxError, ValueError) as e:  # what PIL raises for truncated or unknown images
+        raise ImageDecodeError(f"{where}: cannot decode the image: {e}") from e
 
 
 class LeRobotDataset:
@@ -164,7 +236,8 @@ class LeRobotDataset:
 
     Not thread-safe (one instance per thread or process); pickling drops the caches, and caches
     inherited through fork are discarded on first use, so DataLoader workers are safe.
-    `video_backend_kwargs` (the dataset YAML's key of that name) go to `make_video_decoder`.
+    `video_backend_kwargs` (the dataset YAML's key of that name) go to `make_video_decoder`; their
+    `tolerance_s` (default 1e-4 s, LeRobot's) also bounds the timestamp checks.
     """
 
     def __init__(self, root: str | Path, video_backend: str = "pyav", cache_bytes: int = 512 * 2**20,
@@ -194,10 +267,14 @@ class LeRobotDataset:
             self._episodes_by_file.setdefault(ep.data_file, []).append(ep)
         self._check_files_exist()
         self.video_backend = video_backend
-        self._decoder = make_video_decoder(video_backend, **(video_backend_kwargs or {}))
+        decoder_kwargs = {"tolerance_s": DEFAULT_TOLERANCE_S, **(video_backend_kwargs or {})}
+        self.tolerance_s = float(decoder_kwargs["tolerance_s"])
+        self._decoder = make_video_decoder(video_backend, **decoder_kwargs)
         self.cache_bytes = cache_bytes
         self._columns = ProcessLocalLRU(cache_bytes)
         self._schemas: dict[Path, list[str]] = {}
+        self._nonfinite: dict[tuple[Path, str], np.ndarray] = {}
+        """(data file, float column) -> sorted file rows holding NaN/inf; only files that have some."""
 
     # ----------------------------------------------------------------- metadata
 
@@ -395,6 +472,11 @@ class LeRobotDataset:
 
     # ------------------------------------------------------------------ columns
 
+    @property
+    def episodes_by_file(self) -> dict[Path, list[EpisodeInfo]]:
+        """Each data file and the episodes it holds, in row order."""
+        return self._episodes_by_file
+
     def episode(self, episode_index: int) -> EpisodeInfo:
         ep = self._by_index.get(int(episode_index))
         if ep is None:
@@ -414,7 +496,7 @@ class LeRobotDataset:
             names = self._schemas[path] = pq.read_schema(path).names
         absent = [c for c in missing if c not in names]
         if absent:
-            raise DatasetFormatError(f"{path}: no column(s) {absent}; available: {names}")
+            raise MissingColumnError(f"{path}: no column(s) {absent}; available: {names}")
         validate = not entry
         if validate and "episode_index" in names and "episode_index" not in missing:
             missing.append("episode_index")
@@ -425,6 +507,7 @@ class LeRobotDataset:
                 entry[name] = column.combine_chunks()
             else:
                 entry[name] = _arrow_to_numpy(column, path, name)
+                self._index_nonfinite(path, name, entry[name])
         if validate:
             self._validate_file_rows(path, entry.get("episode_index"), table.num_rows)
         self._columns.put(path, entry, cost=sum(a.nbytes for a in entry.values()))
@@ -435,7 +518,7 @@ class LeRobotDataset:
         episodes = self._episodes_by_file.get(path, [])
         expected_rows = sum(ep.length for ep in episodes)
         if num_rows != expected_rows:
-            raise DatasetFormatError(
+            raise RowCountError(
                 f"{path} has {num_rows} rows but the episode metadata gives its episodes "
                 f"{[ep.index for ep in episodes][:10]} {expected_rows} frames in total"
             )
@@ -444,7 +527,7 @@ class LeRobotDataset:
         for ep in episodes:
             rows = episode_column[ep.file_row_start : ep.file_row_start + ep.length]
             if (rows != ep.index).any():
-                raise DatasetFormatError(
+                raise RowCountError(
                     f"{path}: rows {ep.file_row_start}..{ep.file_row_start + ep.length} should hold episode "
                     f"{ep.index} (per the episode metadata) but hold episode_index {sorted(set(rows.tolist()))}"
                 )
@@ -464,29 +547,169 @@ class LeRobotDataset:
             raise ValueError(f"{path}: column {column!r} holds images; use read_images()")
         return array
 
+    def _index_nonfinite(self, path: Path, column: str, array: np.ndarray) -> None:
+        """Remember the rows of a freshly read float column that hold NaN/inf (once per file and column)."""
+        if array.dtype.kind != "f":
+            return
+        finite = np.isfinite(array).reshape(len(array), -1).all(axis=1)
+        if not finite.all():
+            self._nonfinite[(path, column)] = np.flatnonzero(~finite)
+
+    def _locate(self, path: Path, file_row: int) -> tuple[int, int]:
+        """(episode index, frame) of a row of a data file."""
+        for ep in self._episodes_by_file[path]:
+            if ep.file_row_start <= file_row < ep.file_row_start + ep.length:
+                return ep.index, file_row - ep.file_row_start
+        raise IndexError(f"{path}: row {file_row} belongs to no episode")
+
+    def _nonfinite_error(self, path: Path, column: str, bad_rows: np.ndarray) -> NonFiniteValueError:
+        episode, frame = self._locate(path, int(bad_rows[0]))
+        more = f" (and {len(bad_rows) - 1} more row(s))" if len(bad_rows) > 1 else ""
+        return NonFiniteValueError(
+            f"{self.root}: column {column!r} is NaN/inf at episode {episode} frame {frame} "
+            f"({path} row {int(bad_rows[0])}){more}",
+            episode,
+        )
+
+    def _refuse_nonfinite(self, path: Path, columns: Iterable[str], rows: np.ndarray) -> None:
+        for column in columns:
+            bad = self._nonfinite.get((path, column))
+            if bad is not None:
+                hit = bad[np.isin(bad, rows)]
+                if hit.size:
+                    raise self._nonfinite_error(path, column, hit)
+
     def read_rows(
         self, episode_index: int, columns: list[str], frame_indices: np.ndarray
     ) -> dict[str, np.ndarray]:
-        """Values of `columns` at `frame_indices` of one episode: (n, d) for vectors, (n,) for scalars."""
+        """Values of `columns` at `frame_indices` of one episode: (n, d) for vectors, (n,) for scalars.
+
+        Raises NonFiniteValueError when a requested row of a float column is NaN/inf.
+        """
         ep = self.episode(episode_index)
         rows = self._rows(ep, frame_indices)
         entry = self._file_columns(ep.data_file, columns)
+        if self._nonfinite:
+            self._refuse_nonfinite(ep.data_file, columns, rows)
         return {c: self._numeric(entry, ep.data_file, c)[rows] for c in columns}
 
     def episode_column(self, episode_index: int, column: str) -> np.ndarray:
         """A whole episode's column: (length, d) for vectors, (length,) for scalars."""
         ep = self.episode(episode_index)
-        array = self._numeric(self._file_columns(ep.data_file, [column]), ep.data_file, column)
-        return array[ep.file_row_start : ep.file_row_start + ep.length].copy()
+        return self.read_rows(episode_index, [column], np.arange(ep.length))[column]
 
     def column(self, column: str) -> np.ndarray:
-        """The whole dataset's column in episode order (num_frames, d) or (num_frames,), for statistics."""
+        """The whole dataset's column in episode order (num_frames, d) or (num_frames,), for statistics.
+
+        Raises NonFiniteValueError naming the episode and frame of the first NaN/inf.
+        """
         parts = []
         files = list(self._episodes_by_file.items())
         for path, episodes in tqdm(files, desc=f"reading {column}", disable=len(files) < 200):
             array = self._numeric(self._file_columns(path, [column]), path, column)
+            bad = self._nonfinite.get((path, column))
+            if bad is not None:
+                raise self._nonfinite_error(path, column, bad)
             parts.extend(array[ep.file_row_start : ep.file_row_start + ep.length] for ep in episodes)
         return np.concatenate(parts)
+
+    def file_problems(self, path: Path, columns: Iterable[str]) -> list[DatasetFormatError]:
+        """Read `columns` of one data file and report what is wrong: rows that disagree with the episode
+        metadata (on the file's first read), a missing or unreadable column, NaN/inf values per column."""
+        columns = list(columns)
+        try:
+            self._file_columns(path, columns)
+        except DatasetFormatError as err:
+            return [err]
+        except (pa.ArrowException, OSError) as err:
+            failure = DatasetFormatError(f"{path}: cannot read columns {columns}: {err}")
+            failure.cause = error_cause(err)
+            return [failure]
+        problems: list[DatasetFormatError] = []
+        for column in columns:
+            bad = self._nonfinite.get((path, column))
+            if bad is not None:
+                episodes = sorted({self._locate(path, int(row))[0] for row in bad})
+                error = self._nonfinite_error(path, column, bad)
+                problems.append(NonFiniteValueError(f"{error}; episodes {episodes[:20]}", error.episode))
+        return problems
+
+    # ------------------------------------------------------------------- timing
+
+    def timestamp_problems(self, episodes: Iterable[EpisodeInfo] | None = None) -> list[TimestampError]:
+        """Episodes whose parquet timestamps do not advance by 1/fps (LeRobot's `check_timestamps_sync`).
+
+        A step may differ from 1/fps by `tolerance_s` plus the rounding of the stored float32 values.
+        """
+        wanted = None if episodes is None else {ep.index for ep in episodes}
+        period = 1.0 / self.fps
+        problems = []
+        for path, file_episodes in self._episodes_by_file.items():
+            file_episodes = [ep for ep in file_episodes if wanted is None or ep.index in wanted]
+            if not file_episodes:
+                continue
+            stored = self._numeric(self._file_columns(path, ["timestamp"]), path, "timestamp").reshape(-1)
+            for ep in file_episodes:
+                times = stored[ep.file_row_start : ep.file_row_start + ep.length]
+                steps = np.diff(times.astype(np.float64))
+                slack = self.tolerance_s + 2 * np.spacing(np.abs(times[1:]).astype(np.float32)).astype(np.float64)
+                bad = ~(np.abs(steps - period) <= slack)  # NaN steps are bad too
+                if bad.any():
+                    i = int(np.argmax(bad))
+                    problems.append(TimestampError(
+                        f"{path}: episode {ep.index}: timestamp steps from {times[i]:.6f}s (frame {i}) to "
+                        f"{times[i + 1]:.6f}s (frame {i + 1}) but fps {self.fps:g} in {self._info_path} means "
+                        f"{period:.6f}s per frame (tolerance_s {self.tolerance_s:g}); {int(bad.sum())} bad step(s) "
+                        f"in this episode",
+                        ep.index,
+                    ))
+        return problems
+
+    def video_rate_problems(self, episodes: Iterable[EpisodeInfo]) -> list[DatasetFormatError | VideoDecodeError]:
+        """Video files (of `episodes`) that cannot be opened or whose stream frame rate is not the fps."""
+        holders = Counter(seg.path for ep in self.episodes for seg in ep.videos.values())
+        files = {seg.path: ep.index for ep in episodes for seg in ep.videos.values()}
+        problems: list[DatasetFormatError | VideoDecodeError] = []
+        for path, episode in files.items():
+            episode = episode if holders[path] == 1 else None  # a v3.0 file holds many episodes
+            try:
+                rate = video_frame_rate(path)
+            except VideoDecodeError as err:
+                err.episode = episode
+                problems.append(err)
+                continue
+            if rate is not None and abs(1.0 / rate - 1.0 / self.fps) > self.tolerance_s:
+                problems.append(FrameRateError(
+                    f"{path}: the video stream runs at {rate:g} fps but {self._info_path} says fps {self.fps:g}",
+                    episode,
+                ))
+        return problems
+
+    def sample_episodes(self, count: int = 5) -> list[EpisodeInfo]:
+        """The first and last episodes and `count - 2` spread evenly between them (all when fewer)."""
+        if self.num_episodes <= count:
+            return list(self.episodes)
+        positions = np.unique(np.linspace(0, self.num_episodes - 1, count).round().astype(int))
+        return [self.episodes[i] for i in positions]
+
+    def verify_timing(self) -> None:
+        """Raise if any episode's timestamps or a sample of the video streams disagree with the fps.
+
+        Run wherever the fps becomes the policy's control rate (statistics, training start).
+        """
+        problems = [*self.timestamp_problems(), *self.video_rate_problems(self.sample_episodes())]
+        if problems:
+            first = problems[0]
+            more = f" ({len(problems) - 1} more; `beingh check` lists them)" if len(problems) > 1 else ""
+            raise type(first)(f"{first}{more}")
+
+    def source_files(self) -> list[Path]:
+        """Every file that defines the rows: info.json, the episode metadata and the data files."""
+        if self.version == "v3.0":
+            episode_meta = sorted((self.root / "meta" / "episodes").glob("chunk-*/file-*.parquet"))
+        else:
+            episode_meta = [self.root / "meta" / "episodes.jsonl"]
+        return [self._info_path, *episode_meta, *sorted(self._episodes_by_file)]
 
     def task_text(self, episode_index: int, frame_index: int) -> str:
         task_index = int(
@@ -514,12 +737,16 @@ class LeRobotDataset:
             return self._read_video(ep, rows, camera_key)
         images = self._file_columns(ep.data_file, [camera_key])[camera_key]
         values = images.take(pa.array(rows)).to_pylist()
-        where = f"{ep.data_file} column {camera_key!r}"
-        return np.stack([_decode_image(v, self.root, where) for v in values])
+        return np.stack([
+            _decode_image(v, self.root, f"{ep.data_file} column {camera_key!r} episode {ep.index} frame {frame}")
+            for v, frame in zip(values, rows - ep.file_row_start)
+        ])
 
     def _read_video(self, ep: EpisodeInfo, rows: np.ndarray, camera_key: str) -> np.ndarray:
         segment = ep.videos[camera_key]
         timestamps = self._numeric(self._file_columns(ep.data_file, ["timestamp"]), ep.data_file, "timestamp")
+        if self._nonfinite:
+            self._refuse_nonfinite(ep.data_file, ["timestamp"], rows)
         times = timestamps[rows].astype(np.float64) + segment.from_timestamp
         if segment.to_timestamp is not None and (times >= segment.to_timestamp - _SEGMENT_SLACK_S).any():
             late = float(times.max())
@@ -532,6 +759,7 @@ class LeRobotDataset:
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
         state["_columns"] = ProcessLocalLRU(self.cache_bytes)
+        state["_nonfinite"] = {}
         return state
 
     def __repr__(self) -> str:

@@ -2,10 +2,12 @@
 
 The cache lives in `cache_dir` (default `$BEINGH_CACHE_DIR/stats` or `~/.cache/beingh/stats`), never in
 the dataset folder: the reference wrote `meta/stats.json` into the dataset from every rank at once
-(reference/upstream_data.md §10.14). Entries are keyed by the dataset's resolved path, a fingerprint of
-its metadata (info.json mtime/size, frame count, version) and the column name, so an edited dataset is
-recomputed and a new column does not invalidate the others. A file lock per entry makes concurrent
-ranks compute each column once; the others wait and read the cache.
+(reference/upstream_data.md §10.14). One entry per (dataset path, column, what the DataConfig reads of
+that column), holding a content fingerprint: path, size, mtime and ctime of every file the statistics
+read (info.json, episode metadata, every data parquet). A file edited in place changes the fingerprint
+and the entry is recomputed; a new column does not invalidate the others. A file lock per entry makes
+concurrent ranks compute each column once; the others wait and read the cache. Non-finite input is
+refused, naming the dataset, column, episode and frame.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import numpy as np
 from tqdm import tqdm
 
 if TYPE_CHECKING:
+    from beingh.data.embodiment import BaseDataConfig
     from beingh.data.lerobot import LeRobotDataset
 
 logger = logging.getLogger(__name__)
@@ -32,7 +35,7 @@ logger = logging.getLogger(__name__)
 MOMENT_FIELDS = ("mean", "std", "min", "max")
 QUANTILE_FIELDS = ("q01", "q99")
 STAT_FIELDS = MOMENT_FIELDS + QUANTILE_FIELDS
-_CACHE_FORMAT = 1
+_CACHE_FORMAT = 2
 
 
 @dataclass
@@ -105,6 +108,9 @@ class ColumnStats:
         x = x.reshape(len(x), -1)
         if len(x) == 0:
             raise ValueError("cannot compute statistics of an empty column")
+        finite = np.isfinite(x).all(axis=1)
+        if not finite.all():
+            raise ValueError(f"cannot compute statistics of NaN/inf values (row {int(np.argmin(finite))} of {len(x)})")
         q01, q99 = np.quantile(x, [0.01, 0.99], axis=0)
         return cls(mean=x.mean(0), std=x.std(0), min=x.min(0), max=x.max(0), q01=q01, q99=q99, count=len(x))
 
@@ -170,20 +176,40 @@ def default_cache_dir() -> Path:
 
 
 def dataset_fingerprint(dataset: LeRobotDataset) -> str:
-    """Changes whenever the dataset's metadata file or size changes."""
-    info = Path(dataset.root) / "meta" / "info.json"
-    st = info.stat()
-    return f"{dataset.version}:{dataset.num_frames}:{st.st_size}:{st.st_mtime_ns}"
+    """Changes whenever a file the statistics read changes: path, size, mtime and ctime of each."""
+    digest = hashlib.sha256()
+    for path in dataset.source_files():
+        st = path.stat()
+        digest.update(f"{path.relative_to(dataset.root)}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}\n".encode())
+    return digest.hexdigest()
 
 
-def _cache_file(cache_dir: Path, dataset: LeRobotDataset, column: str) -> Path:
-    key = json.dumps([str(Path(dataset.root).resolve()), dataset_fingerprint(dataset), column, _CACHE_FORMAT])
+def column_usage(data_config: BaseDataConfig | None, column: str) -> list[list]:
+    """What a DataConfig reads of `column` and how it normalizes it: part of the cache key."""
+    if data_config is None:
+        return []
+    relative = data_config.ACTION_RELATIVE_TO_STATE
+    usage = []
+    for key in [*data_config.STATE_KEYS, *data_config.ACTION_KEYS]:
+        mod = data_config.modality(key)
+        if mod.source_column == column:
+            usage.append([key, mod.start, mod.end, mod.absolute, mod.rotation_type,
+                          data_config.normalization_mode(key), relative.get(key)])
+    return usage
+
+
+def _cache_file(cache_dir: Path, dataset: LeRobotDataset, column: str, usage: list[list]) -> Path:
+    key = json.dumps([str(Path(dataset.root).resolve()), column, usage, _CACHE_FORMAT])
     return cache_dir / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.json"
 
 
-def _read_cache(path: Path) -> ColumnStats | None:
+def _read_cache(path: Path, fingerprint: str) -> ColumnStats | None:
+    """The cached statistics, or None when absent, unreadable or computed from other file contents."""
     try:
         data = json.loads(path.read_text())
+        if data.get("fingerprint") != fingerprint:
+            logger.info("stats cache %s is stale (the dataset's files changed): recomputing", path)
+            return None
         return ColumnStats.from_dict(data["stats"], count=int(data["count"]), where=str(path))
     except (OSError, ValueError, KeyError) as err:
         if path.exists():
@@ -191,10 +217,11 @@ def _read_cache(path: Path) -> ColumnStats | None:
         return None
 
 
-def _write_cache(path: Path, dataset: LeRobotDataset, column: str, stats: ColumnStats) -> None:
+def _write_cache(path: Path, dataset: LeRobotDataset, column: str, usage: list[list], fingerprint: str,
+                 stats: ColumnStats) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"dataset": str(Path(dataset.root).resolve()), "column": column,
-               "fingerprint": dataset_fingerprint(dataset), "count": stats.count, "stats": stats.to_dict()}
+    payload = {"dataset": str(Path(dataset.root).resolve()), "column": column, "usage": usage,
+               "fingerprint": fingerprint, "count": stats.count, "stats": stats.to_dict()}
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
     tmp.write_text(json.dumps(payload))
     os.replace(tmp, path)  # atomic: concurrent ranks never read a half-written file
@@ -209,32 +236,41 @@ def numeric_columns(dataset: LeRobotDataset) -> list[str]:
 
 
 def compute_dataset_stats(
-    dataset: LeRobotDataset, cache_dir: str | Path | None = None, columns: Iterable[str] | None = None
+    dataset: LeRobotDataset,
+    cache_dir: str | Path | None = None,
+    columns: Iterable[str] | None = None,
+    data_config: BaseDataConfig | None = None,
 ) -> dict[str, ColumnStats]:
-    """Exact statistics of `columns` (default: every float column), one column in memory at a time.
+    """Exact statistics of `columns` (default: the data config's source columns, else every float
+    column), one column in memory at a time.
 
-    Cached per column under `cache_dir`; only missing columns are read.
+    Cached per column under `cache_dir`; only missing or stale columns are read. Raises
+    NonFiniteValueError (dataset, column, episode, frame) on NaN/inf input.
     """
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    wanted = list(dict.fromkeys(columns if columns is not None else numeric_columns(dataset)))
+    if columns is None:
+        columns = data_config.source_columns() if data_config is not None else numeric_columns(dataset)
+    wanted = list(dict.fromkeys(columns))
     unknown = [c for c in wanted if c not in dataset.features]
     if unknown:
         raise ValueError(f"{dataset.root}: no column(s) {unknown}; available: {sorted(dataset.features)}")
+    fingerprint = dataset_fingerprint(dataset)
+    files = {column: _cache_file(cache_dir, dataset, column, column_usage(data_config, column)) for column in wanted}
     result: dict[str, ColumnStats] = {}
     todo = []
     for column in wanted:
-        cached = _read_cache(_cache_file(cache_dir, dataset, column))
+        cached = _read_cache(files[column], fingerprint)
         if cached is not None:
             result[column] = cached
         else:
             todo.append(column)
     for column in tqdm(todo, desc=f"stats {Path(dataset.root).name}", unit="col", disable=not todo):
-        file = _cache_file(cache_dir, dataset, column)
+        file = files[column]
         with _exclusive(file.with_suffix(".lock")):
-            stats = _read_cache(file)  # another rank may have computed it while we waited
+            stats = _read_cache(file, fingerprint)  # another rank may have computed it while we waited
             if stats is None:
                 stats = ColumnStats.from_values(dataset.column(column))
-                _write_cache(file, dataset, column, stats)
+                _write_cache(file, dataset, column, column_usage(data_config, column), fingerprint, stats)
         result[column] = stats
     return {column: result[column] for column in wanted}
 
