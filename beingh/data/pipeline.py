@@ -10,6 +10,11 @@ DataLoader workers each run one stream and yield `(stream, state_after_pack, pac
 returns worker outputs round-robin, so pack n comes from stream n mod W. `TrainLoader` records the
 last state of every stream and the number of packs consumed; on resume it assigns stream
 (w + consumed) mod W to worker w, which continues the sequence exactly.
+
+Bad data. A sample whose data cannot be read or is invalid (a NaN state, a damaged video, rows that
+disagree with the metadata) stops training by default with its dataset, episode, frame and cause.
+`max_bad_samples` N lets a run skip up to N such samples per rank: each skip is logged by the main
+process with its reason (workers send the reasons along with their packs), the N+1-th aborts.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from transformers import PreTrainedTokenizerBase
@@ -31,7 +37,7 @@ from beingh.batch import PackedBatch
 from beingh.data.dataset_config import DatasetConfigError, DatasetGroup, load_dataset_config
 from beingh.data.embodiment import get_data_config
 from beingh.data.image import ImageTransform, build_image_transform
-from beingh.data.lerobot import LeRobotDataset
+from beingh.data.lerobot import DatasetFormatError, LeRobotDataset, error_cause
 from beingh.data.metadata import (
     MetadataSource,
     build_dataset_metadata,
@@ -46,8 +52,16 @@ from beingh.data.registry import resolve_dataset_path
 from beingh.data.sample import SampleBuilder
 from beingh.data.sampler import DatasetItems, GroupIndex, SampleKey, ShardSampler
 from beingh.data.stats import compute_dataset_stats
+from beingh.data.video import VideoDecodeError
 
 logger = logging.getLogger(__name__)
+
+SAMPLE_DATA_ERRORS = (DatasetFormatError, VideoDecodeError, OSError, pa.ArrowException)
+"""Errors that mean a sample's data is bad (skippable with max_bad_samples); anything else is a bug."""
+
+
+class BadSampleError(RuntimeError):
+    """A sample could not be built from its data; the message names dataset, episode, frame and cause."""
 
 
 def _help(text: str) -> dict[str, str]:
@@ -71,6 +85,13 @@ class DataArgs:
         default=0.0, metadata=_help("Drop each view with this probability (at least one view is kept)")
     )
     state_dropout_prob: float = field(default=0.0, metadata=_help("Zero the whole state with this probability"))
+    max_bad_samples: int = field(
+        default=0,
+        metadata=_help(
+            "Skip up to this many samples with bad data per rank (each logged with its reason), then abort; "
+            "0 stops at the first, naming its dataset, episode, frame and cause"
+        ),
+    )
 
 
 @dataclass
@@ -97,16 +118,30 @@ class GroupMetadata:
 
 
 class SampleSource:
-    """SampleKey -> TokenizedSample. Owns the datasets, per-dataset sample builders and the prompt builder."""
+    """SampleKey -> TokenizedSample. Owns the datasets, per-dataset sample builders and the prompt builder.
+
+    `names[group][dataset]` says where a dataset comes from (YAML file, group, name) in error messages.
+    """
 
     def __init__(self, builders: list[list[SampleBuilder]], prompt_builder: PromptBuilder,
-                 image_transform: ImageTransform, image_size: int):
+                 image_transform: ImageTransform, image_size: int, names: list[list[str]]):
         self.builders = builders
         self.prompt_builder = prompt_builder
         self.image_transform = image_transform
         self.image_size = image_size
+        self.names = names
 
     def build(self, key: SampleKey) -> TokenizedSample:
+        """The sample of `key`; BadSampleError (dataset, episode, frame, cause) when its data is bad."""
+        try:
+            return self._build(key)
+        except SAMPLE_DATA_ERRORS as err:
+            raise BadSampleError(
+                f"{self.names[key.group][key.dataset]}: episode {key.episode} frame {key.frame}: "
+                f"[{error_cause(err)}] {err}"
+            ) from err
+
+    def _build(self, key: SampleKey) -> TokenizedSample:
         rng = np.random.default_rng(key.seed)
         sample = self.builders[key.group][key.dataset](key.episode, key.frame, rng)
         if sample.images:
@@ -127,11 +162,18 @@ class _KeyedSample:
 
 
 class PackStream:
-    """One logical data stream: a shard's sampler + a packer. `state_dict()` between packs is exact."""
+    """One logical data stream: a shard's sampler + a packer. `state_dict()` between packs is exact.
+
+    A bad sample is skipped (the next key of its group is drawn) while this stream has skipped at most
+    `max_bad_samples`; `take_skipped()` hands the reasons to whoever reports them.
+    """
 
     def __init__(self, source: SampleSource, groups: list[GroupIndex], sequence_args: SequenceArgs, seed: int,
-                 shard: int, num_shards: int):
+                 shard: int, num_shards: int, max_bad_samples: int = 0):
         self.source = source
+        self.max_bad_samples = max_bad_samples
+        self.bad_samples = 0
+        self._skipped: list[str] = []
         self.sampler = ShardSampler(groups, seed=seed, shard=shard, num_shards=num_shards)
         self.packer = TokenBudgetPacker(
             max_num_tokens=sequence_args.max_num_tokens,
@@ -145,7 +187,22 @@ class PackStream:
         return _KeyedSample(key, self.source.build(key))
 
     def _draw_from(self, group: int) -> _KeyedSample:
-        return self._build(self.sampler.next_key(group))
+        while True:
+            try:
+                return self._build(self.sampler.next_key(group))
+            except BadSampleError as err:
+                self.bad_samples += 1
+                if self.bad_samples > self.max_bad_samples:
+                    if self.max_bad_samples == 0:
+                        raise
+                    raise BadSampleError(f"more than --max_bad_samples {self.max_bad_samples} bad samples; "
+                                         f"the last: {err}") from err
+                self._skipped.append(str(err))
+
+    def take_skipped(self) -> list[str]:
+        """Reasons of the samples skipped since the last call."""
+        skipped, self._skipped = self._skipped, []
+        return skipped
 
     def _draw(self) -> _KeyedSample:
         return self._draw_from(self.sampler.next_group())
@@ -160,12 +217,14 @@ class PackStream:
             "sampler": self.sampler.state_dict(),
             "buffer": [list(astuple(item.key)) for item in self.packer.buffer],
             "num_skipped": self.packer.num_skipped,
+            "bad_samples": self.bad_samples,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.sampler.load_state_dict(state["sampler"])
         self.packer.buffer = [self._build(SampleKey(*values)) for values in state["buffer"]]
         self.packer.num_skipped = int(state["num_skipped"])
+        self.bad_samples = int(state.get("bad_samples", 0))  # states saved before bad-sample skipping had none
 
 
 class _StreamDataset(IterableDataset):
@@ -176,7 +235,7 @@ class _StreamDataset(IterableDataset):
         self.rotation = rotation
         self.states = states
 
-    def __iter__(self) -> Iterator[tuple[int, dict, PackedBatch]]:
+    def __iter__(self) -> Iterator[tuple[int, dict, list[str], PackedBatch]]:
         info = get_worker_info()
         worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
         if num_workers != self.loader.num_streams:
@@ -187,7 +246,7 @@ class _StreamDataset(IterableDataset):
             stream.load_state_dict(self.states[stream_id])
         while True:
             pack = stream.next_pack()
-            yield stream_id, stream.state_dict(), pack
+            yield stream_id, stream.state_dict(), stream.take_skipped(), pack
 
 
 class TrainLoader:
@@ -196,9 +255,11 @@ class TrainLoader:
     def __init__(self, groups: list[DatasetGroup], group_indexes: list[GroupIndex], source: SampleSource,
                  metadata: list[GroupMetadata], data_args: DataArgs, sequence_args: SequenceArgs, rank: int,
                  world_size: int, seed: int, pin_memory: bool = False,
-                 multiprocessing_context: str | None = "forkserver"):
+                 multiprocessing_context: str | None = "forkserver", log: logging.Logger | None = None):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
+        if data_args.max_bad_samples < 0:
+            raise ValueError(f"--max_bad_samples must be >= 0, got {data_args.max_bad_samples}")
         self.groups = groups
         self.group_indexes = group_indexes
         self.source = source
@@ -213,6 +274,9 @@ class TrainLoader:
         self.num_streams = max(1, data_args.num_workers)
         self.consumed = 0
         self.stream_states: dict[int, dict] = {}
+        self.bad_samples = 0
+        """Samples skipped for bad data on this rank, over all streams (at most max_bad_samples)."""
+        self.log = log or logger
 
     def make_stream(self, stream_id: int) -> PackStream:
         return PackStream(
@@ -222,6 +286,7 @@ class TrainLoader:
             seed=self.seed,
             shard=self.rank * self.num_streams + stream_id,
             num_shards=self.world_size * self.num_streams,
+            max_bad_samples=self.data_args.max_bad_samples,
         )
 
     def __iter__(self) -> Iterator[PackedBatch]:
@@ -239,7 +304,14 @@ class TrainLoader:
             persistent_workers=False,
             multiprocessing_context=self.multiprocessing_context if workers > 0 else None,
         )
-        for stream_id, state, pack in loader:
+        limit = self.data_args.max_bad_samples
+        for stream_id, state, skipped, pack in loader:
+            for reason in skipped:
+                self.bad_samples += 1
+                if self.bad_samples > limit:
+                    raise BadSampleError(f"more than --max_bad_samples {limit} bad samples; the last: {reason}")
+                self.log.warning("skipped bad sample %d of at most %d (--max_bad_samples): %s",
+                                 self.bad_samples, limit, reason)
             self.stream_states[stream_id] = state
             self.consumed += 1
             yield pack
@@ -252,6 +324,7 @@ class TrainLoader:
             "num_streams": self.num_streams,
             "seed": self.seed,
             "consumed": self.consumed,
+            "bad_samples": self.bad_samples,
             "streams": {str(k): v for k, v in self.stream_states.items()},
         }
 
@@ -265,6 +338,7 @@ class TrainLoader:
                 + "; resume with the same world size, --num_workers and seed for an exact continuation"
             )
         self.consumed = int(state["consumed"])
+        self.bad_samples = int(state.get("bad_samples", 0))  # states saved before bad-sample skipping had none
         self.stream_states = {int(k): v for k, v in state["streams"].items()}
 
     def group_metadata(self) -> list[GroupMetadata]:
@@ -287,7 +361,8 @@ def _load_group(group: DatasetGroup, group_id: int, data_args: DataArgs, action_
             use_fixed_view=data_args.use_fixed_view,
             max_view_num=data_args.max_view_num,
         )
-        stats = compute_dataset_stats(dataset, stats_cache_dir, columns=config.source_columns())
+        dataset.verify_timing()  # the fps goes into the metadata as the policy's control rate
+        stats = compute_dataset_stats(dataset, stats_cache_dir, data_config=config)
         metadata = build_dataset_metadata(dataset, config, stats)
         datasets.append(dataset)
         configs.append(config)
@@ -334,12 +409,14 @@ def build_train_loader(
     stats_cache_dir: str | Path | None = None,
     pin_memory: bool = False,
     multiprocessing_context: str | None = "forkserver",
+    log: logging.Logger | None = None,
 ) -> TrainLoader:
     """Build the loader of one rank from a dataset YAML (statistics are computed or read from the cache).
 
     Workers start with `forkserver` by default: a forked worker inherits the parent's open video decoders
     (whose codec threads do not exist in the child) and thread pools, which can deadlock. `"fork"`
-    starts faster and is safe when the parent process has not decoded video.
+    starts faster and is safe when the parent process has not decoded video. `log` reports skipped bad
+    samples (default: this module's logger).
     """
     data_args = data_args or DataArgs()
     sequence_args = sequence_args or SequenceArgs()
@@ -350,7 +427,7 @@ def build_train_loader(
             index, group_builders, group_metadata = _load_group(
                 group, group_id, data_args, action_chunk_length, seed, stats_cache_dir
             )
-        except (ValueError, KeyError, FileNotFoundError, LookupError) as err:
+        except (ValueError, KeyError, FileNotFoundError, LookupError, VideoDecodeError) as err:
             if isinstance(err, DatasetConfigError):
                 raise
             raise DatasetConfigError(f"{dataset_config_file}: group '{group.name}': {err}") from err
@@ -367,7 +444,7 @@ def build_train_loader(
     )
     source = SampleSource(
         builders, prompt_builder, build_image_transform(data_args.force_image_size, train=True),
-        data_args.force_image_size,
+        data_args.force_image_size, names=[[items.where for items in index.datasets] for index in indexes],
     )
     return TrainLoader(groups, indexes, source, metadata, data_args, sequence_args, rank, world_size, seed,
-                       pin_memory, multiprocessing_context)
+                       pin_memory, multiprocessing_context, log)

@@ -81,6 +81,7 @@ class DatasetItems:
         trajectory: bool,
         seed: int,
     ):
+        self.where = where
         self.trajectory = trajectory
         self.step = entry.frame_step_size
         if trajectory and (self.step > 1 or entry.num_used_frames_per_dataset > 0):

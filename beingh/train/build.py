@@ -157,6 +157,7 @@ def build_data(args: TrainArgs, tokenizer: Any, info: DistInfo) -> TrainData:
             seed=args.training.seed,
             stats_cache_dir=args.output_dir / "stats",
             pin_memory=info.device.type == "cuda",
+            log=LOG,
         )
 
     # Rank 0 computes (and caches) the statistics first, so ranks never write the cache concurrently.
