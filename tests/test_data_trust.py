@@ -406,6 +406,17 @@ def test_skipped_samples_are_reported_from_worker_processes(tmp_path, tokenizer,
     assert sum("skipped bad sample" in r.getMessage() for r in caplog.records) == loader.bad_samples
 
 
+def test_max_bad_samples_is_a_training_argument_of_the_data_group():
+    from beingh.train.args import build_parser
+
+    parser = build_parser()
+    required = ["--dataset_config_file", "d.yaml", "--output_dir", "out", "--max_steps", "1"]
+    assert vars(parser.parse_args(required))["data.max_bad_samples"] == 0
+    assert vars(parser.parse_args([*required, "--max_bad_samples", "5"]))["data.max_bad_samples"] == 5
+    (group,) = [g for g in parser._action_groups if g.title == "Data"]
+    assert "--max_bad_samples" in [option for action in group._group_actions for option in action.option_strings]
+
+
 def test_max_bad_samples_must_not_be_negative(tokenizer, tmp_path):
     with pytest.raises(ValueError, match="--max_bad_samples must be >= 0"):
         _loader(_yaml(tmp_path, LEROBOT_FIXTURES / "v30_av1"), tokenizer, tmp_path, max_bad_samples=-1)
