@@ -555,15 +555,16 @@ class LeRobotDataset:
         if not finite.all():
             self._nonfinite[(path, column)] = np.flatnonzero(~finite)
 
-    def _locate(self, path: Path, file_row: int) -> tuple[int, int]:
-        """(episode index, frame) of a row of a data file."""
-        for ep in self._episodes_by_file[path]:
-            if ep.file_row_start <= file_row < ep.file_row_start + ep.length:
-                return ep.index, file_row - ep.file_row_start
-        raise IndexError(f"{path}: row {file_row} belongs to no episode")
+    def _locate(self, path: Path, file_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(episode indices, frames) of rows of a data file (rows sorted or not)."""
+        episodes = self._episodes_by_file[path]
+        starts = np.array([ep.file_row_start for ep in episodes])
+        position = np.searchsorted(starts, file_rows, side="right") - 1
+        return np.array([ep.index for ep in episodes])[position], file_rows - starts[position]
 
     def _nonfinite_error(self, path: Path, column: str, bad_rows: np.ndarray) -> NonFiniteValueError:
-        episode, frame = self._locate(path, int(bad_rows[0]))
+        episodes, frames = self._locate(path, bad_rows[:1])
+        episode, frame = int(episodes[0]), int(frames[0])
         more = f" (and {len(bad_rows) - 1} more row(s))" if len(bad_rows) > 1 else ""
         return NonFiniteValueError(
             f"{self.root}: column {column!r} is NaN/inf at episode {episode} frame {frame} "
@@ -629,25 +630,21 @@ class LeRobotDataset:
         for column in columns:
             bad = self._nonfinite.get((path, column))
             if bad is not None:
-                episodes = sorted({self._locate(path, int(row))[0] for row in bad})
+                episodes = np.unique(self._locate(path, bad)[0]).tolist()
                 error = self._nonfinite_error(path, column, bad)
                 problems.append(NonFiniteValueError(f"{error}; episodes {episodes[:20]}", error.episode))
         return problems
 
     # ------------------------------------------------------------------- timing
 
-    def timestamp_problems(self, episodes: Iterable[EpisodeInfo] | None = None) -> list[TimestampError]:
+    def timestamp_problems(self) -> list[TimestampError]:
         """Episodes whose parquet timestamps do not advance by 1/fps (LeRobot's `check_timestamps_sync`).
 
         A step may differ from 1/fps by `tolerance_s` plus the rounding of the stored float32 values.
         """
-        wanted = None if episodes is None else {ep.index for ep in episodes}
         period = 1.0 / self.fps
         problems = []
         for path, file_episodes in self._episodes_by_file.items():
-            file_episodes = [ep for ep in file_episodes if wanted is None or ep.index in wanted]
-            if not file_episodes:
-                continue
             stored = self._numeric(self._file_columns(path, ["timestamp"]), path, "timestamp").reshape(-1)
             for ep in file_episodes:
                 times = stored[ep.file_row_start : ep.file_row_start + ep.length]
