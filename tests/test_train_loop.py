@@ -1,5 +1,7 @@
 """The training loop on a tiny model with synthetic packs: 2 processes == 1 process with gradient
-accumulation, resume == uninterrupted, checkpoints load back into the model, logs and curves exist.
+accumulation, resume == uninterrupted (1 and 2 processes, also between two logging steps and after a
+crash mid-save), checkpoints load back into the model, logs and curves exist, and a checkpoint folder
+with pickle payloads planted in it never runs them.
 
 "Same data" for 1 vs 2 processes: the global stream of packs is indexed (step, accumulation slot,
 rank) exactly like the trainer's per-micro-batch seed, so 1 process with 2 accumulation steps and
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 from functools import partial
 from pathlib import Path
@@ -30,6 +33,7 @@ from beingh.train.args import parse_args
 from beingh.train.build import TrainData
 from beingh.train.checkpoint import list_checkpoints
 from beingh.train.trainer import train
+from tests.pickle_canary import assert_payload_is_live, plant
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 YAML = REPO_ROOT / "configs" / "tests" / "fixtures_v30.yaml"
@@ -97,26 +101,34 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _rank_main(rank: int, world: int, port: int, argv: list[str]) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
-    os.environ["LOCAL_RANK"] = str(rank)
+def _rank_main(rank: int, world: int, runs: list[tuple[int, list[str]]]) -> None:
+    """One rank of a 2-process job: the runs one after the other, each in its own process group."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
-    train(parse_args(argv), data_factory=indexed_data)
+    for port, argv in runs:
+        os.environ["MASTER_PORT"] = str(port)
+        train(parse_args(argv), data_factory=indexed_data)
 
 
-def test_two_processes_match_one_process_with_accumulation(model_folders, tmp_path):
-    one, two = tmp_path / "one", tmp_path / "two"
+def test_two_processes_match_one_process_with_accumulation_and_resume_exactly(model_folders, tmp_path):
+    one, two, resumed = tmp_path / "one", tmp_path / "two", tmp_path / "two_resumed"
     train(
         parse_args(_argv(model_folders, one, 4, "--gradient_accumulation_steps", "2")),
         data_factory=indexed_data,
     )
     # Activation checkpointing inside the FSDP2 units (ViT blocks, decoder layers) changes nothing.
     argv = _argv(model_folders, two, 4, "--grad_checkpoint", "True")
-    mp.spawn(_rank_main, args=(2, _free_port(), argv), nprocs=2, join=True)
+    resume = _argv(model_folders, resumed, 4, "--grad_checkpoint", "True", "--resume_from", str(two / "0000002"))
+    mp.spawn(_rank_main, args=(2, [(_free_port(), argv), (_free_port(), resume)]), nprocs=2, join=True)
     assert _losses(one) == pytest.approx(_losses(two), rel=1e-4, abs=1e-6)
     w1 = BeingH.from_pretrained(one / "0000004").state_dict()
     w2 = BeingH.from_pretrained(two / "0000004").state_dict()
     assert all(torch.allclose(w1[k], w2[k], atol=1e-5) for k in w1)
+    # 2 sharded processes resume from their step-2 checkpoint exactly: same losses, same weights.
+    assert len(list((two / "0000002" / "train_state" / "optimizer").glob("shard_*.safetensors"))) == 2
+    assert _losses(resumed) == _losses(two)[2:]
+    w3 = BeingH.from_pretrained(resumed / "0000004").state_dict()
+    assert all(torch.equal(w2[k], w3[k]) for k in w2)
 
 
 def test_resume_after_a_crash_continues_exactly(model_folders, tmp_path):
@@ -134,6 +146,88 @@ def test_resume_after_a_crash_continues_exactly(model_folders, tmp_path):
     a = BeingH.from_pretrained(straight / "0000006").state_dict()
     b = BeingH.from_pretrained(resumed / "0000006").state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_between_logging_steps_after_a_crash_mid_save_logs_the_same(model_folders, tmp_path, monkeypatch):
+    """save_steps 2, logging_steps 3: the step-3 average covers steps 1-2 from before the resume and step 3
+    after it. The first run is killed after writing checkpoint 4 but before renaming it: the restart
+    recovers it (then re-saves step 4 itself)."""
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    train(parse_args(_argv(model_folders, straight, 7, "--logging_steps", "3")), data_factory=indexed_data)
+    original_rename = Path.rename
+
+    def killed_at_publish(self, target):
+        if self.name == ".tmp-0000004":
+            raise KeyboardInterrupt("killed before publishing checkpoint 4")
+        return original_rename(self, target)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Path, "rename", killed_at_publish)
+        with pytest.raises(KeyboardInterrupt):
+            train(parse_args(_argv(model_folders, resumed, 7, "--logging_steps", "3")), data_factory=indexed_data)
+    assert [s for s, _ in list_checkpoints(resumed)] == [2] and (resumed / ".tmp-0000004").is_dir()
+    argv = _argv(model_folders, resumed, 7, "--logging_steps", "3", "--resume_from", str(resumed / "0000002"))
+    train(parse_args(argv), data_factory=indexed_data)
+    assert "recovered checkpoint" in (resumed / "training.log").read_text()
+    assert [s for s, _ in list_checkpoints(resumed)] == [2, 4, 6, 7]
+    steps = [json.loads(line)["step"] for line in (resumed / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [3, 6, 7]
+    assert _losses(resumed) == _losses(straight)
+    a = BeingH.from_pretrained(straight / "0000007").state_dict()
+    b = BeingH.from_pretrained(resumed / "0000007").state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+PICKLE_PLACES = (
+    "train_state/scheduler.pt",  # earlier beingh versions: torch.load(weights_only=False)
+    "train_state/rank_00000.pt",
+    "train_state/optimizer/.metadata",  # torch.distributed.checkpoint unpickles its metadata
+    "train_state/optimizer/__0_0.distcp",
+    "pytorch_model.bin",  # what other loaders look for
+    "optimizer.pt",
+    "scheduler.pt",
+    "rng_state.pth",
+    "training_args.bin",
+    "experiment_cfg/stats.pkl",
+)
+
+
+def test_poisoned_checkpoint_folder_never_runs_code(model_folders, tmp_path):
+    """Pickle payloads in every place a pickle could be read: resume ignores them (they are not part of the
+    checkpoint) or refuses the folder (only the old pickle-based state); no payload ever runs."""
+    from beingh.data.tokenizer import load_tokenizer
+
+    run = tmp_path / "run"
+    train(parse_args(_argv(model_folders, run, 2)), data_factory=indexed_data)
+    canary = tmp_path / "canary"
+    poisoned = tmp_path / "poisoned"
+    shutil.copytree(run / "0000002", poisoned)
+    for name in PICKLE_PLACES:
+        plant(poisoned / name, canary)
+        assert_payload_is_live(poisoned / name, canary)
+    resumed = tmp_path / "resumed"
+    train(parse_args(_argv(model_folders, resumed, 3, "--resume_from", str(poisoned))), data_factory=indexed_data)
+    assert [s for s, _ in list_checkpoints(resumed)] == [3] and len(_losses(resumed)) == 1
+    BeingH.from_pretrained(poisoned)
+    load_tokenizer(poisoned)
+    assert not canary.exists()
+    # A bit flip in the weights: refused before anything is loaded, naming the file.
+    weights = poisoned / "model.safetensors"
+    original = weights.read_bytes()
+    weights.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))
+    with pytest.raises(ValueError, match=r"model\.safetensors: sha256 differs"):
+        train(parse_args(_argv(model_folders, tmp_path / "flipped", 3, "--resume_from", str(poisoned))),
+              data_factory=indexed_data)
+    weights.write_bytes(original)
+    # Only the old pickle-based training state (and no manifest): refused with a clear error, nothing runs.
+    for name in ("scheduler.json", "rank_00000.json", "optimizer/index.json", "optimizer/shard_00000.json",
+                 "optimizer/shard_00000.safetensors"):
+        (poisoned / "train_state" / name).unlink()
+    (poisoned / "manifest.json").unlink()
+    argv = _argv(model_folders, tmp_path / "refused", 3, "--resume_from", str(poisoned))
+    with pytest.raises(ValueError, match="pickle-based format.*never loaded.*--resume_model_only True"):
+        train(parse_args(argv), data_factory=indexed_data)
+    assert not canary.exists()
 
 
 def test_outputs_of_a_run(model_folders, tmp_path):

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
 from beingh.model.beingh import BeingH
 from beingh.model.config import (
@@ -57,11 +57,15 @@ class LoadReport:
 def read_safetensors(files: list[Path]) -> dict[str, torch.Tensor]:
     state: dict[str, torch.Tensor] = {}
     for file in files:
-        with safe_open(str(file), framework="pt") as f:
-            for key in f.keys():
-                if key in state:
-                    raise ValueError(f"duplicate tensor {key!r} in {file}")
-                state[key] = f.get_tensor(key)
+        try:
+            with safe_open(str(file), framework="pt") as f:
+                for key in f.keys():
+                    if key in state:
+                        raise ValueError(f"duplicate tensor {key!r} in {file}")
+                    state[key] = f.get_tensor(key)
+        except SafetensorError as err:
+            raise ValueError(f"{file} is not a readable safetensors file ({err}): it is truncated or "
+                             "corrupted; copy it again") from err
     return state
 
 

@@ -69,6 +69,16 @@ def broadcast_object(obj: Any) -> Any:
     return box[0]
 
 
+def gather_object(obj: Any) -> list[Any]:
+    """Every rank's `obj` on rank 0 (in rank order; other ranks get []). Pickled between the job's own
+    processes, for small objects such as file hashes."""
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return [obj]
+    gathered = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
+    dist.gather_object(obj, gathered, dst=0)
+    return gathered or []
+
+
 def broadcast_buffers(model: nn.Module) -> None:
     """Copy rank 0's buffers (not covered by a state dict when non-persistent) to every rank."""
     for buffer in model.buffers():
@@ -92,19 +102,33 @@ def micro_batch_seed(seed: int, global_micro_index: int) -> int:
     return int(np.random.SeedSequence([seed, global_micro_index]).generate_state(1, np.uint64)[0] >> 1)
 
 
-def rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+def rng_state() -> dict[str, Any]:
+    """The python, numpy and torch (CPU and current CUDA device) RNG states as plain JSON values."""
+    version, internal, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": [version, list(internal), gauss],
+        "numpy": [name, keys.tolist(), int(pos), int(has_gauss), float(cached)],
+        "torch": torch.get_rng_state().numpy().tobytes().hex(),
+    }
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state()
+        state["cuda"] = torch.cuda.get_rng_state().numpy().tobytes().hex()
     return state
 
 
-def set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what `rng_state` returned."""
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(_byte_tensor(state["torch"]))
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"])
+        torch.cuda.set_rng_state(_byte_tensor(state["cuda"]))
+
+
+def _byte_tensor(hex_text: str) -> torch.Tensor:
+    return torch.frombuffer(bytearray.fromhex(hex_text), dtype=torch.uint8)
 
 
 def mixed_precision_policy(device: torch.device, cast_forward_inputs: bool = True) -> MixedPrecisionPolicy:

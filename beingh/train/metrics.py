@@ -92,6 +92,27 @@ class MetricTracker:
         self._samples += num_samples
         self._tokens += num_tokens
 
+    def state_dict(self) -> dict[str, float | dict[str, float]]:
+        """This rank's running sums of the current logging interval (saved in checkpoints, so a run resumed
+        between two logging steps logs the same averages as an uninterrupted one)."""
+        return {
+            "sums": {name: float(value) for name, value in self._sums.items()},
+            "micro_batches": self._micro_batches,
+            "samples": self._samples,
+            "tokens": self._tokens,
+            "elapsed_s": time.perf_counter() - self._interval_start,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self._sums = {
+            name: torch.tensor(value, dtype=torch.float32, device=self.info.device)
+            for name, value in state["sums"].items()
+        }
+        self._micro_batches = int(state["micro_batches"])
+        self._samples = int(state["samples"])
+        self._tokens = int(state["tokens"])
+        self._interval_start = time.perf_counter() - float(state["elapsed_s"])
+
     def step_done(self) -> None:
         if self.bar is not None:
             self.bar.update(1)

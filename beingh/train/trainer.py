@@ -20,8 +20,9 @@ from beingh.train.build import DataFactory, build_data, build_sharded_model, loa
 from beingh.train.checkpoint import (
     TrainerState,
     load_train_state,
-    remove_stale_tmp,
+    recover_interrupted_saves,
     save_checkpoint,
+    verify_resume_checkpoint,
 )
 from beingh.train.distributed import (
     init_distributed,
@@ -68,9 +69,13 @@ class Trainer:
     def setup(self) -> None:
         args, info, t = self.args, self.info, self.args.training
         if info.is_main:
-            remove_stale_tmp(self.output_dir)
+            recover_interrupted_saves(self.output_dir)
             (self.output_dir / "train_args.json").write_text(json.dumps(args.to_dict(), indent=2))
         LOG.info("world size %d, device %s", info.world_size, info.device)
+        resume = Path(args.paths.resume_from) if args.paths.resume_from else None
+        full_resume = resume is not None and not args.model.resume_model_only and is_full_state_checkpoint(resume)
+        if resume is not None:
+            verify_resume_checkpoint(resume, full_resume, info)
         self.tokenizer = load_train_tokenizer(args)
         # Data before the model: a bad dataset fails in seconds, not after loading 2B parameters.
         self.data = self.data_factory(args, self.tokenizer, info)
@@ -86,13 +91,14 @@ class Trainer:
             self.optimizer, t.lr_scheduler, t.max_steps, t.warmup_ratio, t.learning_rate, t.min_lr
         )
         self.state = TrainerState(step=0, world_size=info.world_size)
-        resume = Path(args.paths.resume_from) if args.paths.resume_from else None
-        if resume is not None and not args.model.resume_model_only and is_full_state_checkpoint(resume):
+        self.metric_state = None
+        if full_resume:
             self.state, rank_state = load_train_state(
                 resume, self.model, self.optimizer, self.scheduler, info
             )
             self.data.packs.load_state_dict(rank_state["data"])
             set_rng_state(rank_state["rng"])
+            self.metric_state = rank_state["metrics"]
             LOG.info("resumed full training state from %s at step %d", resume, self.state.step)
         if self.state.step >= t.max_steps:
             raise ValueError(
@@ -102,6 +108,9 @@ class Trainer:
     def fit(self) -> Path:
         t, state = self.args.training, self.state
         tracker = MetricTracker(self.info, self.output_dir, self.args.logging_dir, t.max_steps, state.step)
+        if self.metric_state is not None:
+            tracker.load_state_dict(self.metric_state)
+        self.tracker = tracker
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         packs = iter(self.data.packs)
         self.model.train()
@@ -166,7 +175,7 @@ class Trainer:
             self.optimizer,
             self.scheduler,
             self.state,
-            {"data": self.data.packs.state_dict(), "rng": rng_state()},
+            {"data": self.data.packs.state_dict(), "rng": rng_state(), "metrics": self.tracker.state_dict()},
             self._write_rank0_files,
             self.info,
             save_model_only=self.args.training.save_model_only,
