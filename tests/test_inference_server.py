@@ -1,5 +1,6 @@
 """Wire protocol, websocket server and client on loopback, with a fake policy (the real one is in
-test_inference_policy.py): concurrency, malformed and oversize messages, timeouts, no pickle."""
+test_inference_policy.py and test_inference_robustness.py): concurrency, malformed and oversize messages,
+field-naming errors, non-finite answers refused, bounded queue, API key, timeouts."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ import asyncio
 import threading
 import time
 from contextlib import contextmanager
-from pathlib import Path
 
 import msgpack
 import numpy as np
@@ -17,16 +17,18 @@ from websockets.sync.client import connect
 from beingh.inference.client import PolicyClient, PolicyServerError
 from beingh.inference.protocol import ObservationError, ProtocolError, packb, unpackb
 from beingh.inference.rtc import RTCState
-from beingh.inference.server import PolicyServer
+from beingh.inference.server import PolicyServer, build_arg_parser
 
 CHUNK = 16
 
 
 class FakePolicy:
-    """Checks `state.x` (3,) and returns a chunk whose values encode the request, after `delay_s`."""
+    """Checks `state.x` (3,) and returns a chunk whose values encode the request, after `delay_s` (or, when
+    `gate` is given, once the gate is set)."""
 
-    def __init__(self, delay_s: float = 0.0):
+    def __init__(self, delay_s: float = 0.0, gate: threading.Event | None = None):
         self.delay_s = delay_s
+        self.gate = gate
         self.metadata = {"action_keys": ["action.x"], "chunk_length": CHUNK, "embodiment_tag": "fake"}
         self.active = 0
         self.max_active = 0
@@ -44,6 +46,8 @@ class FakePolicy:
             self.max_active = max(self.max_active, self.active)
         try:
             time.sleep(self.delay_s)
+            if self.gate is not None:
+                self.gate.wait(timeout=30)
             if observations.get("crash"):
                 raise RuntimeError("boom")
             state = observations.get("state.x")
@@ -58,9 +62,9 @@ class FakePolicy:
 
 
 @contextmanager
-def running_server(policy, max_size: int = 2**20):
+def running_server(policy, max_size: int = 2**20, **server_args):
     loop = asyncio.new_event_loop()
-    server = PolicyServer(policy, "127.0.0.1", 0, max_size=max_size)
+    server = PolicyServer(policy, "127.0.0.1", 0, max_size=max_size, **server_args)
     port = loop.run_until_complete(server.start())
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
@@ -128,11 +132,20 @@ def test_protocol_malformed_messages_raise_protocol_error(wire):
         unpackb(wire)
 
 
-def test_no_pickle_in_inference_package():
-    package = Path(__file__).resolve().parents[1] / "beingh" / "inference"
-    for source in package.glob("*.py"):
-        text = source.read_text()
-        assert "import pickle" not in text and "torch.load" not in text, source
+@pytest.mark.parametrize(
+    ("message", "error"),
+    [
+        ({"steps": {"__npgeneric__": True, "data": 2**64 - 1, "dtype": "<i8"}}, "steps: 18446744073709551615 does not fit"),
+        ({"s": {"__npgeneric__": True, "data": -1, "dtype": "|u1"}}, "s: -1 does not fit numpy uint8"),
+        ({"obs": {"cams": [{"__ndarray__": True, "data": b"", "dtype": "<f4", "shape": [3]}]}},
+         r"obs/cams\[0\]: array data has 0 bytes"),
+        ({"x": {"__ndarray__": True, "data": b"", "dtype": "<f4", "shape": [0, 2**40]}}, r"x: array shape must be"),
+        ({"deep": [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]}, "nested deeper than 32"),
+    ],
+)
+def test_protocol_errors_name_the_field(message, error):
+    with pytest.raises(ProtocolError, match=error):
+        unpackb(msgpack.packb(message))
 
 
 def test_client_server_roundtrip_metadata_reset_ping():
@@ -314,14 +327,19 @@ def test_client_connect_error_names_the_address():
         PolicyClient(port=port, timeout=2)
 
 
-def test_serve_arguments_parse():
-    from beingh.inference.server import build_arg_parser
-
-    args = build_arg_parser().parse_args(
-        ["--model_path", "ckpt", "--data_config_name", "metaworld", "--dataset_name", "g", "--embodiment_tag",
-         "metaworld", "--port", "9001", "--no-enable_rtc", "--num_inference_timesteps", "8"])
+def test_serve_arguments_parse(monkeypatch):
+    monkeypatch.delenv("BEINGH_API_KEY", raising=False)
+    base = ["--model_path", "ckpt", "--data_config_name", "metaworld", "--dataset_name", "g", "--embodiment_tag",
+            "metaworld"]
+    args = build_arg_parser().parse_args([*base, "--port", "9001", "--no-enable_rtc", "--num_inference_timesteps", "8"])
     assert (args.port, args.enable_rtc, args.num_inference_timesteps, args.host) == (9001, False, 8, "0.0.0.0")
     assert args.instruction_template == "long" and args.use_mpg is None
+    assert (args.api_key, args.max_queue, args.max_instruction_tokens) == (None, 16, 256)
+    args = build_arg_parser().parse_args([*base, "--api_key", "s3cret", "--max_queue", "2",
+                                          "--max_instruction_tokens", "64"])
+    assert (args.api_key, args.max_queue, args.max_instruction_tokens) == ("s3cret", 2, 64)
+    monkeypatch.setenv("BEINGH_API_KEY", "from-env")
+    assert build_arg_parser().parse_args(base).api_key == "from-env"
 
 
 def test_healthz_over_plain_http():
@@ -331,3 +349,92 @@ def test_healthz_over_plain_http():
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         with opener.open(f"http://127.0.0.1:{port}/healthz", timeout=10) as response:
             assert response.status == 200 and response.read() == b"OK\n"
+
+
+def test_request_keys_must_be_strings():
+    with running_server(FakePolicy()) as port:
+        with connect(f"ws://127.0.0.1:{port}", proxy=None, compression=None) as ws:
+            unpackb(ws.recv(timeout=10))
+            for message, error in (
+                ({"state.x": np.zeros(3), 7: "a"}, "observation keys must be strings, got 7"),
+                ({b"state.x": np.zeros(3)}, "got b'state.x' (bytes)"),
+            ):
+                ws.send(packb(message))
+                reply = unpackb(ws.recv(timeout=10))
+                assert set(reply) == {"error"} and error in reply["error"], reply
+
+
+class NaNPolicy(FakePolicy):
+    def get_action(self, observations, rtc_state=None):
+        actions = super().get_action(observations, rtc_state)
+        actions["action.x"][3, 1] = np.nan if observations.get("nan") else np.inf
+        return actions
+
+
+def test_non_finite_actions_are_an_error_reply_never_an_answer():
+    with running_server(NaNPolicy()) as port, PolicyClient(port=port, timeout=10) as client:
+        for flag in (True, False):
+            with pytest.raises(PolicyServerError, match=r"inference failed: action.x is not finite \(chunk steps \[3\]\)"):
+                client.get_action({"state.x": np.ones(3), "nan": flag})
+        assert client.ping()
+
+
+def test_full_inference_queue_answers_busy_at_once():
+    gate = threading.Event()
+    policy = FakePolicy(gate=gate)
+    replies: list[dict] = []
+    with running_server(policy, max_queue=1) as port:
+        first = PolicyClient(port=port, timeout=30)
+        waiting = threading.Thread(target=lambda: replies.append(first.get_action({"state.x": np.ones(3)})))
+        waiting.start()
+        deadline = time.monotonic() + 10
+        while policy.active == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        with PolicyClient(port=port, timeout=10) as second:
+            start = time.perf_counter()
+            with pytest.raises(PolicyServerError, match=r"server busy: 1 requests are queued .*max_queue 1"):
+                second.get_action({"state.x": np.zeros(3)})
+            assert time.perf_counter() - start < 1.0
+            assert second.ping()  # control messages are not queued
+            gate.set()
+            waiting.join(timeout=10)
+            assert np.all(replies[0]["action.x"] == 1.0)
+            assert np.all(second.get_action({"state.x": np.full(3, 2.0)})["action.x"] == 2.0)
+        first.close()
+
+
+def test_api_key_is_required_when_set(monkeypatch):
+    import urllib.request
+
+    monkeypatch.delenv("BEINGH_API_KEY", raising=False)
+    with running_server(FakePolicy(), api_key="s3cret") as port:
+        for key in (None, "wrong", "s3cret-but-longer"):
+            with pytest.raises(ConnectionError, match="HTTP 401.*needs an API key"):
+                PolicyClient(port=port, timeout=10, api_key=key)
+        with PolicyClient(port=port, timeout=10, api_key="s3cret") as client:
+            assert client.get_action({"state.x": np.ones(3)})["action.x"].shape == (CHUNK, 3)
+        monkeypatch.setenv("BEINGH_API_KEY", "s3cret")
+        with PolicyClient(port=port, timeout=10) as client:
+            assert client.ping()
+        # openpi's WebsocketClientPolicy(api_key=...) sends exactly this header.
+        headers = {"Authorization": "Api-Key s3cret"}
+        with connect(f"ws://127.0.0.1:{port}", additional_headers=headers, proxy=None, compression=None) as ws:
+            assert unpackb(ws.recv(timeout=10)) == FakePolicy().metadata
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        with opener.open(f"http://127.0.0.1:{port}/healthz", timeout=10) as response:
+            assert response.status == 200  # health checks need no key
+
+
+def test_serving_beyond_loopback_without_a_key_warns(monkeypatch, caplog):
+    from beingh.inference import server as server_module
+
+    assert server_module._is_loopback("127.0.0.1") and server_module._is_loopback("::1")
+    assert not server_module._is_loopback("0.0.0.0") and not server_module._is_loopback("192.168.1.5")
+    monkeypatch.setattr(server_module, "_is_loopback", lambda host: False)
+    with caplog.at_level("WARNING", logger="beingh.inference.server"), running_server(FakePolicy()):
+        pass
+    assert any("without --api_key" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="beingh.inference.server"), running_server(FakePolicy(), api_key="k"):
+        pass
+    assert not any("without --api_key" in r.getMessage() for r in caplog.records)

@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from beingh.inference.checks import DEFAULT_MAX_INSTRUCTION_TOKENS
+
 
 def add_policy_args(parser: argparse.ArgumentParser) -> None:
     """The `BeingHPolicy` constructor arguments, shared by `beingh serve` and `beingh infer`."""
@@ -40,6 +42,8 @@ def add_policy_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--use_fixed_view", action="store_true", help="only the first view")
     parser.add_argument("--compile", action="store_true", help="torch.compile the ViT and decoder layers (CUDA)")
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--max_instruction_tokens", type=int, default=DEFAULT_MAX_INSTRUCTION_TOKENS,
+                        help="longest accepted language.instruction, in tokens (longer ones are an error)")
 
 
 def policy_from_args(args: argparse.Namespace):
@@ -67,6 +71,7 @@ def policy_from_args(args: argparse.Namespace):
         max_view_num=args.max_view_num,
         use_fixed_view=args.use_fixed_view,
         compile=args.compile,
+        max_instruction_tokens=args.max_instruction_tokens,
     )
 
 

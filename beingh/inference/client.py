@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import websockets
 from websockets.sync.client import ClientConnection, connect
 
-from beingh.inference.protocol import packb, unpackb
+from beingh.inference.protocol import API_KEY_ENV, packb, unpackb
 
 
 class PolicyServerError(RuntimeError):
@@ -18,17 +19,24 @@ class PolicyClient:
     """Talks to one policy server; every call waits at most `timeout` seconds for the reply.
 
     After a timeout the connection is closed (a late reply would otherwise be taken for the answer to
-    the next request); create a new client to continue.
+    the next request); create a new client to continue. `api_key` (default: `$BEINGH_API_KEY`) is sent
+    as `Authorization: Api-Key <key>`, as openpi's client does.
     """
 
     def __init__(self, host: str = "127.0.0.1", port: int = 8000, timeout: float | None = 30.0,
-                 max_size: int | None = 64 * 2**20):
+                 max_size: int | None = 64 * 2**20, api_key: str | None = None):
         self.uri = f"ws://{host}:{port}"
         self.timeout = timeout
+        api_key = api_key or os.environ.get(API_KEY_ENV)
+        headers = {"Authorization": f"Api-Key {api_key}"} if api_key else None
         try:
             self._ws: ClientConnection = connect(self.uri, open_timeout=timeout, close_timeout=timeout,
                                                  max_size=max_size, compression=None, proxy=None,
-                                                 ping_interval=None)
+                                                 ping_interval=None, additional_headers=headers)
+        except websockets.InvalidStatus as err:
+            status = err.response.status_code
+            hint = (": the server needs an API key (api_key= or $BEINGH_API_KEY)" if status == 401 else "")
+            raise ConnectionError(f"policy server at {self.uri} refused the connection (HTTP {status}){hint}") from err
         except (OSError, TimeoutError, websockets.InvalidHandshake) as err:
             raise ConnectionError(f"cannot connect to policy server at {self.uri}: {err}") from err
         self.metadata: dict[str, Any] = self._receive()

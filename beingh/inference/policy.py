@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from beingh.batch import UNIFIED_DIM, PackedBatch
+from beingh.checkpoint_manifest import verify_checkpoint
 from beingh.data.embodiment import BaseDataConfig, embodiment_id, get_data_config
 from beingh.data.image import build_image_transform
 from beingh.data.metadata import find_metadata_file, load_metadata
@@ -32,8 +33,17 @@ from beingh.data.prompt import PromptBuilder
 from beingh.data.sample import RobotSample
 from beingh.data.tokenizer import load_tokenizer
 from beingh.data.transforms import EmbodimentTransform
+from beingh.inference.checks import (
+    DEFAULT_MAX_INSTRUCTION_TOKENS,
+    check_embodiment_tag,
+    check_finite_actions,
+    check_instruction_length,
+    check_observation_map,
+    check_positive,
+    check_unified_state,
+)
 from beingh.inference.protocol import ObservationError
-from beingh.inference.rtc import RTCPrefix, RTCState, rtc_mode, stateless_prefix
+from beingh.inference.rtc import RTCPrefix, RTCState, check_steps, rtc_mode, stateless_prefix
 from beingh.model.beingh import BeingH
 
 logger = logging.getLogger(__name__)
@@ -75,6 +85,10 @@ class BeingHPolicy:
 
     `model` (optional) is an already-built `BeingH` to use instead of loading `model_path`'s weights
     (benchmarks with random weights); the tokenizer and metadata still come from `model_path`.
+
+    The checkpoint's files are checked against its `manifest.json` (when it has one) before loading;
+    `get_action` refuses an instruction above `max_instruction_tokens` tokens, a state that is not finite
+    after normalization, and never returns non-finite actions (`beingh.inference.checks`).
     """
 
     def __init__(
@@ -98,10 +112,15 @@ class BeingHPolicy:
         use_fixed_view: bool = False,
         compile: bool = False,
         model: BeingH | None = None,
+        max_instruction_tokens: int = DEFAULT_MAX_INSTRUCTION_TOKENS,
     ):
         self.model_path = Path(model_path)
         if not self.model_path.is_dir():
             raise FileNotFoundError(f"model_path is not a directory: {self.model_path}")
+        verify_checkpoint(self.model_path, skip_train_state=True)
+        check_positive("control_hz", control_hz)
+        check_positive("max_instruction_tokens", max_instruction_tokens)
+        self.max_instruction_tokens = max_instruction_tokens
         self.device = torch.device(device or default_device())
         self.dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
         self.data_config = get_data_config(data_config_name)(
@@ -114,13 +133,15 @@ class BeingHPolicy:
             raise ValueError(f"{self.metadata_file}: these statistics were computed with data config "
                              f"{trained_config!r}, but data_config_name={data_config_name!r}; the model would get "
                              f"different state/action slots than in training. Pass {trained_config!r}.")
+        check_embodiment_tag(embodiment_tag, self.dataset_metadata.embodiment_tag)
         self.transform = EmbodimentTransform(self.data_config, self.dataset_metadata)
         self.video_keys = inference_views(self.data_config)
         self.embodiment_id = embodiment_id(embodiment_tag)
 
         self.model = self._prepare_model(model or BeingH.from_pretrained(self.model_path), use_mpg, mpg_lambda)
         config = self.model.config
-        self.num_inference_timesteps = num_inference_timesteps or config.num_inference_timesteps
+        self.num_inference_timesteps = (
+            config.num_inference_timesteps if num_inference_timesteps is None else num_inference_timesteps)
         if self.num_inference_timesteps <= 0:
             raise ValueError(f"num_inference_timesteps must be > 0, got {self.num_inference_timesteps}")
         self.chunk_length = config.action_chunk_length
@@ -135,7 +156,7 @@ class BeingHPolicy:
 
         self.enable_rtc = enable_rtc
         self.rtc_inference_delay = rtc_inference_delay
-        self.control_hz = control_hz or self.dataset_metadata.fps
+        self.control_hz = self.dataset_metadata.fps if control_hz is None else control_hz
         self.rtc_mode = rtc_mode(config.use_training_time_rtc) if enable_rtc else "off"
         self.rtc = self.new_rtc_state()
         trained = "with" if config.use_training_time_rtc else "without"
@@ -213,6 +234,7 @@ class BeingHPolicy:
         policy's own history. `noise` (T, 200) fixes the flow's starting point.
         """
         start = time.perf_counter()
+        check_observation_map(observations)
         obs = dict(observations)
         rtc_args = {k: obs.pop(k) for k in RTC_KEYS if k in obs}
         executed_steps = rtc_args.get("executed_steps", executed_steps)
@@ -222,26 +244,31 @@ class BeingHPolicy:
         batch, raw_state = self.build_batch(obs)
         prefix = self._rtc_prefix(state, rtc_args.get("prev_chunk"), executed_steps, inference_delay)
         chunk = self._sample_chunk(batch, prefix, noise)
-        if state is not None:
-            state.record(chunk, time.perf_counter() - start)
         actions = self.transform.unified_to_actions(chunk, raw_state)
         out = {key: np.asarray(value, dtype=np.float32) for key, value in actions.items()}
+        check_finite_actions({"action_unified": chunk, **out})
+        if state is not None:
+            state.record(chunk, time.perf_counter() - start)
         if self.enable_rtc:
             out["action_unified"] = chunk
         return out
 
     def _rtc_prefix(self, state: RTCState | None, prev_chunk: Any, executed_steps: Any,
                     inference_delay: Any) -> RTCPrefix | None:
-        if not self.enable_rtc:
-            return None
         try:
+            # Checked even when unused (RTC off, no previous chunk): a malformed value is an error.
+            executed_steps = None if executed_steps is None else check_steps(_scalar(executed_steps), "executed_steps")
+            inference_delay = None if inference_delay is None else check_steps(_scalar(inference_delay),
+                                                                                "inference_delay")
+            if not self.enable_rtc:
+                return None
             if prev_chunk is not None:
                 if inference_delay is None:
                     raise ValueError("prev_chunk needs inference_delay (control steps)")
-                return stateless_prefix(prev_chunk, _scalar(inference_delay), self.chunk_length)
+                return stateless_prefix(prev_chunk, inference_delay, self.chunk_length)
             if executed_steps is not None:
-                state.advance(_scalar(executed_steps))
-            return state.prefix(None if inference_delay is None else _scalar(inference_delay))
+                state.advance(executed_steps)
+            return state.prefix(inference_delay)
         except ValueError as err:
             raise ObservationError(f"RTC inputs: {err}") from err
 
@@ -254,9 +281,11 @@ class BeingHPolicy:
         images = [_image(observations, key) for key in self.video_keys]
         raw_state = {key: _vector(observations, key) for key in self.data_config.STATE_KEYS}
         try:
-            unified_state = self.transform.state_to_unified(raw_state)
+            with np.errstate(over="ignore"):  # an overflow is refused just below, naming the key
+                unified_state = self.transform.state_to_unified(raw_state)
         except (KeyError, ValueError) as err:
             raise ObservationError(f"state: {err}") from err
+        check_unified_state(self.transform.state, unified_state)
         layout = self._layout(len(images), _instruction(observations))
         pixel_values = torch.stack([self.image_transform(image) for image in images])
         batch = replace(layout, pixel_values=pixel_values.to(self.device, self.dtype),
@@ -271,6 +300,7 @@ class BeingHPolicy:
         key = (num_views, instruction)
         layout = self._layouts.get(key)
         if layout is None:
+            check_instruction_length(self.prompt_builder.tokenizer, instruction, self.max_instruction_tokens)
             if len(self._layouts) >= MAX_CACHED_LAYOUTS:
                 self._layouts.pop(next(iter(self._layouts)))
             size = self.model.config.force_image_size
@@ -329,7 +359,10 @@ def _vector(obs: dict[str, Any], key: str) -> np.ndarray:
         raise ObservationError(f"missing state {key!r}; observation has {sorted(obs)}")
     value = obs[key]
     if isinstance(value, list | tuple | float | int) and not isinstance(value, bool):
-        value = np.asarray(value, dtype=np.float64)
+        try:
+            value = np.asarray(value, dtype=np.float64)
+        except (TypeError, ValueError) as err:
+            raise ObservationError(f"{key} must be a numeric array: {err}") from err
     if not isinstance(value, np.ndarray) or value.dtype.kind not in "biuf":
         raise ObservationError(f"{key} must be a numeric array, got {type(value).__name__}")
     if value.ndim == 2 and value.shape[0] == 1:

@@ -52,19 +52,25 @@ def stateless_prefix(prev_chunk: np.ndarray, inference_delay: int, chunk_length:
     `prev_chunk` is (T', 200) (or (1, T', 200)) already shifted to the new chunk's timeline; when it is
     shorter than the delay, its last step is repeated (the robot holds the last action).
     """
-    chunk = np.asarray(prev_chunk, dtype=np.float32)
+    try:
+        with np.errstate(over="ignore"):  # values beyond float32 become inf, refused below
+            chunk = np.asarray(prev_chunk, dtype=np.float32)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"prev_chunk must be a numeric (T, {UNIFIED_DIM}) array: {err}") from err
     if chunk.ndim == 3 and chunk.shape[0] == 1:
         chunk = chunk[0]
     if chunk.ndim != 2 or chunk.shape[1] != UNIFIED_DIM or chunk.shape[0] == 0:
         raise ValueError(f"prev_chunk must have shape (T, {UNIFIED_DIM}) with T >= 1, got {chunk.shape}")
-    length = min(_check_steps(inference_delay, "inference_delay"), chunk_length)
+    if not np.all(np.isfinite(chunk)):
+        raise ValueError("prev_chunk must be finite (it contains NaN or inf, or values beyond float32)")
+    length = min(check_steps(inference_delay, "inference_delay"), chunk_length)
     if length == 0:
         return None
     rows = np.minimum(np.arange(length), chunk.shape[0] - 1)
     return RTCPrefix(chunk[rows])
 
 
-def _check_steps(value: int, name: str) -> int:
+def check_steps(value: int, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 0:
         raise ValueError(f"{name} must be a non-negative int (control steps), got {value!r}")
     return int(value)
@@ -83,7 +89,7 @@ class RTCState:
             raise ValueError("RTCState needs declared_delay or a positive control_hz to measure the delay")
         self.chunk_length = chunk_length
         self.control_hz = control_hz
-        self.declared_delay = None if declared_delay is None else _check_steps(declared_delay, "declared_delay")
+        self.declared_delay = None if declared_delay is None else check_steps(declared_delay, "declared_delay")
         self.reset()
 
     def reset(self) -> None:
@@ -94,12 +100,12 @@ class RTCState:
 
     def advance(self, steps: int) -> None:
         """Report that `steps` more actions of the last chunk were executed."""
-        steps = _check_steps(steps, "executed_steps")
+        steps = check_steps(steps, "executed_steps")
         self.executed_steps = (self.executed_steps or 0) + steps
 
     def delay_steps(self, override: int | None = None) -> int:
         if override is not None:
-            return _check_steps(override, "inference_delay")
+            return check_steps(override, "inference_delay")
         if self.declared_delay is not None:
             return self.declared_delay
         if self.last_inference_s is None:
