@@ -12,7 +12,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -45,7 +47,9 @@ def list_files(folder: Path) -> list[str]:
 
 
 def hash_files(folder: Path, names: list[str]) -> dict[str, dict[str, Any]]:
-    return {name: file_entry(folder / name) for name in names}
+    """Entries of several files, hashed in parallel threads (hashlib releases the GIL)."""
+    with ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1))) as pool:
+        return dict(zip(names, pool.map(lambda name: file_entry(folder / name), names)))
 
 
 def write_manifest(folder: Path, entries: dict[str, dict[str, Any]]) -> Path:
@@ -123,12 +127,13 @@ def verify_checkpoint(folder: str | Path, skip_train_state: bool = False) -> boo
     total = sum(e["size"] for e in selected.values())
     logger.info("verifying %d files (%.2f GB) of %s against %s", len(selected), total / 1e9, folder, MANIFEST_FILE)
     for name, entry in selected.items():
-        path = folder / name
-        problem = _size_problem(path, entry["size"])
-        if problem is None and file_entry(path)["sha256"] != entry["sha256"]:
-            problem = f"{path}: sha256 differs from {MANIFEST_FILE}: the file is corrupted or was modified"
+        problem = _size_problem(folder / name, entry["size"])
         if problem is not None:
             raise CheckpointIntegrityError(problem)
+    for name, actual in hash_files(folder, list(selected)).items():
+        if actual["sha256"] != selected[name]["sha256"]:
+            raise CheckpointIntegrityError(f"{folder / name}: sha256 differs from {MANIFEST_FILE}: the file is "
+                                           "corrupted or was modified")
     unlisted = [n for n in list_files(folder) if n not in files]
     if unlisted:
         logger.warning("%s: files not in %s (not part of the checkpoint, never read by resume): %s",
