@@ -1,7 +1,7 @@
 """sha256 throughput of the checkpoint manifest: what writing (`hash_files` at save) and verifying (resume,
 `BeingHPolicy`) a manifest costs per GB, on one file and on several files hashed in parallel threads.
 
-    python benchmarks/checkpoint_integrity.py [--mb 256] [--files 4]
+    python benchmarks/checkpoint_integrity.py [--mb 256] [--files 4] [--tiny]
 
 Prints one JSON object (config, device, figures). Wall time on a shared machine is inflated by other
 load: the CPU time of this process is reported next to it.
@@ -34,7 +34,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mb", type=int, default=256, help="size of each test file")
     parser.add_argument("--files", type=int, default=4, help="files hashed together in parallel")
+    parser.add_argument("--tiny", action="store_true", help="2 files of 1 MB: a smoke run")
     args = parser.parse_args(argv)
+    if args.tiny:
+        args.mb, args.files = 1, 2
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         names = [f"file_{i}.bin" for i in range(args.files)]

@@ -456,7 +456,7 @@ def test_fsdp_wraps_every_unit_and_the_root(setup):
 def test_integrity_benchmark_prints_json(capsys):
     from benchmarks.checkpoint_integrity import main as bench_main
 
-    assert bench_main(["--mb", "1", "--files", "2"]) == 0
+    assert bench_main(["--tiny"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["config"] == {"file_mb": 1, "files": 2, "algorithm": "sha256 (hashlib.file_digest)"}
     assert report["one_file"]["gb_per_s_wall"] > 0 and report["parallel_files"]["wall_s"] > 0
