@@ -257,9 +257,10 @@ class BeingHPolicy:
                     inference_delay: Any) -> RTCPrefix | None:
         try:
             # Checked even when unused (RTC off, no previous chunk): a malformed value is an error.
-            executed_steps = None if executed_steps is None else check_steps(_scalar(executed_steps), "executed_steps")
-            inference_delay = None if inference_delay is None else check_steps(_scalar(inference_delay),
-                                                                                "inference_delay")
+            if executed_steps is not None:
+                executed_steps = check_steps(_scalar(executed_steps), "executed_steps")
+            if inference_delay is not None:
+                inference_delay = check_steps(_scalar(inference_delay), "inference_delay")
             if not self.enable_rtc:
                 return None
             if prev_chunk is not None:
