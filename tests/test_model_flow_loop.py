@@ -86,3 +86,31 @@ def test_decoder_layers_trace_whole_in_every_sampling_pass():
             torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
     finally:
         torch._dynamo.reset()
+
+
+def _compiled_graphs(num_layers: int) -> int:
+    """Graphs dynamo builds for `compile_for_inference` over cached and full sampling of 1- and 2-view packs."""
+    from torch._dynamo.utils import counters
+
+    torch.manual_seed(0)
+    config = tiny_config(use_mpg=True, mpg_lambda=0.3, llm={"num_hidden_layers": num_layers},
+                         expert={"num_hidden_layers": num_layers})
+    model = BeingH(config).eval()
+    torch._dynamo.reset()
+    counters.clear()
+    try:
+        model.compile_for_inference(backend="eager")
+        for views in ([1], [2]):
+            batch = synthetic_packed_batch(config, views, seed=3)
+            for use_cache in (True, False):
+                model.sample_actions(batch, num_steps=2, noise=torch.randn(1, 16, 200), use_cache=use_cache)
+        assert not counters["unimplemented"], dict(counters["unimplemented"])  # e.g. recompile limit hit
+        return counters["stats"]["unique_graphs"]
+    finally:
+        torch._dynamo.reset()
+
+
+def test_compile_for_inference_shares_graphs_across_decoder_layers():
+    """A layer reading its index (as a cache slot) compiled once per layer and, past dynamo's recompile
+    limit (8), ran the remaining layers of the 28-layer model eagerly."""
+    assert _compiled_graphs(2) == _compiled_graphs(12)

@@ -41,6 +41,8 @@ def add_policy_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max_view_num", type=int, default=-1, help="-1: all views, else the first N")
     parser.add_argument("--use_fixed_view", action="store_true", help="only the first view")
     parser.add_argument("--compile", action="store_true", help="torch.compile the ViT and decoder layers (CUDA)")
+    parser.add_argument("--cuda_graph", action="store_true",
+                        help="replay the cached flow loop from a CUDA graph (one capture per prompt layout)")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--max_instruction_tokens", type=int, default=DEFAULT_MAX_INSTRUCTION_TOKENS,
                         help="longest accepted language.instruction, in tokens (longer ones are an error)")
@@ -72,6 +74,7 @@ def policy_from_args(args: argparse.Namespace):
         use_fixed_view=args.use_fixed_view,
         compile=args.compile,
         max_instruction_tokens=args.max_instruction_tokens,
+        cuda_graph=args.cuda_graph,
     )
 
 

@@ -42,6 +42,7 @@ from beingh.inference.checks import (
     check_positive,
     check_unified_state,
 )
+from beingh.inference.cuda_graph import CUDAGraphSampler
 from beingh.inference.protocol import ObservationError
 from beingh.inference.rtc import RTCPrefix, RTCState, check_steps, rtc_mode, stateless_prefix
 from beingh.model.beingh import BeingH
@@ -83,6 +84,9 @@ class BeingHPolicy:
     synchronously) executes nothing while the chunk is computed: declare `rtc_inference_delay=0` there,
     or lock a few steps on purpose for smoother chunk transitions.
 
+    `cuda_graph` replays the prefix-cached flow loop from a CUDA graph captured once per prompt layout
+    (`beingh.inference.cuda_graph`; on a CPU the same loop runs eagerly).
+
     `model` (optional) is an already-built `BeingH` to use instead of loading `model_path`'s weights
     (benchmarks with random weights); the tokenizer and metadata still come from `model_path`.
 
@@ -113,6 +117,7 @@ class BeingHPolicy:
         compile: bool = False,
         model: BeingH | None = None,
         max_instruction_tokens: int = DEFAULT_MAX_INSTRUCTION_TOKENS,
+        cuda_graph: bool = False,
     ):
         self.model_path = Path(model_path)
         if not self.model_path.is_dir():
@@ -153,6 +158,7 @@ class BeingHPolicy:
         self._layouts: dict[tuple[int, str], PackedBatch] = {}
         if compile:
             self._compile()
+        self.flow_graphs = CUDAGraphSampler(self.model) if cuda_graph else None
 
         self.enable_rtc = enable_rtc
         self.rtc_inference_delay = rtc_inference_delay
@@ -329,9 +335,12 @@ class BeingHPolicy:
         if prefix is not None:
             prefix_actions = torch.from_numpy(prefix.actions)[None].to(self.device)
             prefix_len = prefix.length
-        chunk = self.model.sample_actions(batch, num_steps=self.num_inference_timesteps, noise=noise,
-                                          prefix_actions=prefix_actions, prefix_len=prefix_len,
-                                          use_cache=self.use_prefix_cache)
+        args = dict(num_steps=self.num_inference_timesteps, noise=noise, prefix_actions=prefix_actions,
+                    prefix_len=prefix_len)
+        if self.flow_graphs is not None and self.use_prefix_cache:
+            chunk = self.flow_graphs(batch, **args)
+        else:
+            chunk = self.model.sample_actions(batch, use_cache=self.use_prefix_cache, **args)
         return chunk[0].float().cpu().numpy()
 
 

@@ -51,6 +51,32 @@ class _Prefix:
     meta: TokenMeta  # mask facts of every pack position
 
 
+@dataclass
+class FlowStart:
+    """Where the Euler integration starts: noise, and the RTC-locked chunk steps with their values."""
+
+    noise: torch.Tensor  # (B, T, U) fp32
+    locked: torch.Tensor  # (B, T, 1) bool
+    locked_values: torch.Tensor  # (B, T, U) fp32
+
+
+@dataclass
+class CachedFlow:
+    """One call's inputs to the cached flow loop: the embedded prefix, its K/V cache and the start.
+
+    Besides the model's weights and what the pack's layout determines (mask, RoPE tables, row order),
+    `tensors()` are all that the loop reads: a CUDA graph of the loop is replayed for a new call of the
+    same layout after copying these into the captured ones (`beingh.inference.cuda_graph`)."""
+
+    prefix: _Prefix
+    cache: KVCache
+    start: FlowStart
+
+    def tensors(self) -> list[torch.Tensor]:
+        kv = [t for layer in self.cache.layers for t in (layer.key, layer.value)]
+        return [self.start.noise, self.start.locked, self.start.locked_values, self.prefix.state, *kv]
+
+
 class BeingH(nn.Module):
     def __init__(self, config: BeingHConfig):
         super().__init__()
@@ -110,18 +136,19 @@ class BeingH(nn.Module):
         step: 311 M parameters at the 2B shape)."""
         return [*self.blocks(), self.language_model.lm_head]
 
-    def compile_for_inference(self) -> None:
+    def compile_for_inference(self, backend: str = "inductor") -> None:
         """torch.compile every ViT layer and every MoT decoder layer (each on its own, dynamic shapes).
 
         What runs compiled: the ViT, the prefix pass (und + state tokens) and every Euler step of the cached
         action steps (a gen-only pass: its und branches are skipped on shapes, its rows need no gathers).
+        All decoder layers share their compiled graphs (nothing in a layer's code depends on its index).
         What stays eager: embeddings, the connector, the action encoder/decoder, MPG, the Euler update, and
         the per-call setup (RoPE tables, mask, layout and K/V cache, built once per `sample_actions` call).
-        The step loop has static shapes within a call and no host syncs or value-dependent Python branches,
-        so its layers could also be captured as CUDA graphs; no graph capture is done here.
+        The step loop has static shapes within a call and no host syncs or value-dependent Python branches:
+        `beingh.inference.cuda_graph` captures it as a CUDA graph. `backend="eager"` only traces (CPU checks).
         """
         for layer in self.blocks():
-            layer.compile(dynamic=True)
+            layer.compile(dynamic=True, backend=backend)
 
     # ---- shared pieces of training and sampling -----------------------------------------------------
     def _check_batch(self, batch: PackedBatch) -> None:
@@ -285,11 +312,24 @@ class BeingH(nn.Module):
         this works for any number of packed samples. With MPG, `1 + mpg_refinement_iters` passes are run
         from the same noise, each gated by the previous pass's result.
         """
+        steps = num_steps or self.config.num_inference_timesteps
+        if use_cache:
+            flow = self.prepare_cached_flow(batch, noise, prefix_actions, prefix_len)
+            return self.integrate(self.cached_velocity(batch, flow), flow.start, steps)
+        start = self._flow_start(batch, noise, prefix_actions, prefix_len)
+        return self.integrate(self._full_velocity(batch, self._embed_prefix(batch)), start, steps)
+
+    def _flow_start(
+        self,
+        batch: PackedBatch,
+        noise: torch.Tensor | None,
+        prefix_actions: torch.Tensor | None,
+        prefix_len: torch.Tensor | int,
+    ) -> FlowStart:
         self._check_batch(batch)
         cfg = self.config
         b, t = batch.action.shape[:2]
         device = batch.action.device
-        steps = num_steps or cfg.num_inference_timesteps
         shape = (b, t, cfg.unified_dim)
         noise = (
             torch.randn(shape, device=device) if noise is None else _checked("noise", noise, shape).float()
@@ -303,14 +343,35 @@ class BeingH(nn.Module):
             locked = prefix_mask(delays, t)[..., None]
         elif not (isinstance(prefix_len, int) and prefix_len == 0):
             raise ValueError("prefix_len is set but prefix_actions is None")
+        return FlowStart(noise, locked, locked_values)
 
+    @torch.no_grad()
+    def prepare_cached_flow(
+        self,
+        batch: PackedBatch,
+        noise: torch.Tensor | None = None,
+        prefix_actions: torch.Tensor | None = None,
+        prefix_len: torch.Tensor | int = 0,
+    ) -> CachedFlow:
+        """The per-call part of cached sampling: check the pack, draw the start, embed text/images/state and
+        run them once through the decoder into a per-layer K/V cache (the prefix pass)."""
+        start = self._flow_start(batch, noise, prefix_actions, prefix_len)
         prefix = self._embed_prefix(batch)
-        velocity = self._cached_velocity(batch, prefix) if use_cache else self._full_velocity(batch, prefix)
+        cache = KVCache(self.config.llm.num_hidden_layers)
+        self._decode(
+            batch, prefix.meta, prefix.h_und, prefix.und_index, prefix.state, batch.state_indexes, cache
+        )
+        cache.freeze()
+        return CachedFlow(prefix, cache, start)
+
+    def integrate(self, velocity, start: FlowStart, steps: int) -> torch.Tensor:
+        """The Euler loop (all MPG passes): static shapes, no host syncs, so it can run as a CUDA graph."""
+        locked, locked_values = start.locked, start.locked_values
         # Per-token flow time of every Euler step, built before the loop (locked steps stay at t=1).
         step_times = [torch.where(locked[..., 0], 1.0, k / steps) for k in range(steps)]
         clean = None
-        for _ in range(1 + cfg.mpg_refinement_iters if cfg.mpg_active else 1):
-            x = torch.where(locked, locked_values, noise)
+        for _ in range(1 + self.config.mpg_refinement_iters if self.config.mpg_active else 1):
+            x = torch.where(locked, locked_values, start.noise)
             for t_tok in step_times:
                 x = torch.where(locked, locked_values, x + velocity(x, t_tok, clean).float() / steps)
             clean = x
@@ -329,15 +390,16 @@ class BeingH(nn.Module):
 
         return velocity
 
-    def _cached_velocity(self, batch: PackedBatch, prefix: _Prefix):
-        """Velocity function over a K/V cache of everything but the action tokens (exact under the mask).
+    def cached_velocity(self, batch: PackedBatch, flow: CachedFlow):
+        """Velocity function over the K/V cache of everything but the action tokens (exact under the mask).
 
-        All that the Euler steps share is built here, once per call: the cache, the action rows' order,
-        RoPE tables and mask against cache + actions. A step embeds the actions and runs a gen-only pass
-        with fixed shapes and no host sync (the only sync, the segment check below, happens here).
+        All that the Euler steps share is built here, once per call, from the pack's layout: the action
+        rows' order, RoPE tables and the mask against cache + actions. A step embeds the actions and runs a
+        gen-only pass with fixed shapes and no host sync (the only sync, the segment check below, is here).
         """
         b, t = batch.action.shape[:2]
         llm = self.config.llm
+        prefix = flow.prefix
         action_index = batch.action_indexes.reshape(-1)
         action_segments = batch.segment_ids[action_index]
         other = torch.ones(batch.num_tokens, dtype=torch.bool, device=action_index.device)
@@ -345,11 +407,6 @@ class BeingH(nn.Module):
         shared = torch.isin(batch.segment_ids[other], action_segments[action_segments >= 0])
         if bool(shared.any()):
             raise ValueError("an action segment also holds non-action tokens; sample with use_cache=False")
-        cache = KVCache(llm.num_hidden_layers)
-        self._decode(
-            batch, prefix.meta, prefix.h_und, prefix.und_index, prefix.state, batch.state_indexes, cache
-        )
-        cache.frozen = True
         # The steps keep the action rows in pack (attention) order: one gather in, one out, none per layer.
         to_attn = torch.argsort(action_index)
         to_stream = torch.argsort(to_attn)
@@ -358,8 +415,8 @@ class BeingH(nn.Module):
             batch.position_ids[attn_pos], llm.head_dim, llm.rope_theta
         )
         q_meta = prefix.meta.select(attn_pos)
-        mask = AttentionMask(q_meta, TokenMeta.cat([cache.meta, q_meta]), self.config.attn_backend)
-        inputs = AttentionInputs(layout, mask, cache)
+        mask = AttentionMask(q_meta, TokenMeta.cat([flow.cache.meta, q_meta]), self.config.attn_backend)
+        inputs = AttentionInputs(layout, mask, flow.cache)
         no_und = prefix.h_und[:0]
 
         def velocity(x: torch.Tensor, t_tok: torch.Tensor, clean: torch.Tensor | None) -> torch.Tensor:

@@ -87,23 +87,35 @@ class StreamLayout:
         return StreamLayout(0, None, None, cos, sin)
 
 
-class KVCache:
-    """Per-layer keys/values of a prefix pass (in attention order); once `frozen`, later passes attend to
-    cache + themselves. `meta` describes the cached keys for the attention mask."""
+class LayerKV:
+    """One decoder layer's keys/values of a prefix pass (in attention order). Until `frozen`, a pass stores
+    its keys/values here; after, a pass attends to these plus its own. Each layer gets its own object (not
+    an index into a shared list), so a compiled layer does not specialise on its layer number: all layers
+    share one compiled graph."""
 
-    def __init__(self, num_layers: int):
-        self.keys: list[torch.Tensor | None] = [None] * num_layers
-        self.values: list[torch.Tensor | None] = [None] * num_layers
-        self.meta: TokenMeta | None = None
+    def __init__(self) -> None:
+        self.key: torch.Tensor | None = None
+        self.value: torch.Tensor | None = None
         self.frozen = False
 
-    def update(
-        self, layer_idx: int, key: torch.Tensor, value: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def update(self, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if not self.frozen:
-            self.keys[layer_idx], self.values[layer_idx] = key, value
+            self.key, self.value = key, value
             return key, value
-        return torch.cat([self.keys[layer_idx], key]), torch.cat([self.values[layer_idx], value])
+        return torch.cat([self.key, key]), torch.cat([self.value, value])
+
+
+class KVCache:
+    """Per-layer keys/values of a prefix pass; `meta` describes the cached keys for the attention mask."""
+
+    def __init__(self, num_layers: int):
+        self.layers = [LayerKV() for _ in range(num_layers)]
+        self.meta: TokenMeta | None = None
+
+    def freeze(self) -> None:
+        """From now on, passes attend to the cache + themselves and leave the cache unchanged."""
+        for layer in self.layers:
+            layer.frozen = True
 
 
 @dataclass
@@ -117,9 +129,8 @@ class AttentionInputs:
 
 
 class MoTAttention(nn.Module):
-    def __init__(self, llm: LLMConfig, expert: ExpertConfig, layer_idx: int):
+    def __init__(self, llm: LLMConfig, expert: ExpertConfig):
         super().__init__()
-        self.layer_idx = layer_idx
         self.num_heads, self.num_kv_heads, self.head_dim = (
             llm.num_attention_heads,
             llm.num_key_value_heads,
@@ -157,7 +168,7 @@ class MoTAttention(nn.Module):
         return parts[0] if len(parts) == 1 else torch.cat(parts)
 
     def forward(
-        self, x_und: torch.Tensor, x_gen: torch.Tensor, inputs: AttentionInputs
+        self, x_und: torch.Tensor, x_gen: torch.Tensor, inputs: AttentionInputs, kv: LayerKV | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         layout = inputs.layout
         q_norms, k_norms = (self.q_norm, self.q_norm_mot_gen), (self.k_norm, self.k_norm_mot_gen)
@@ -167,8 +178,8 @@ class MoTAttention(nn.Module):
         q, k = apply_rope(q, layout.cos, layout.sin), apply_rope(k, layout.cos, layout.sin)
         if layout.to_attn is not None:
             q, k, v = q[layout.to_attn], k[layout.to_attn], v[layout.to_attn]
-        if inputs.cache is not None:
-            k, v = inputs.cache.update(self.layer_idx, k, v)
+        if kv is not None:
+            k, v = kv.update(k, v)
         out = inputs.mask.attend(q, k, v)
         if layout.to_stream is not None:
             out = out[layout.to_stream]
@@ -177,9 +188,9 @@ class MoTAttention(nn.Module):
 
 
 class MoTDecoderLayer(nn.Module):
-    def __init__(self, llm: LLMConfig, expert: ExpertConfig, layer_idx: int):
+    def __init__(self, llm: LLMConfig, expert: ExpertConfig):
         super().__init__()
-        self.self_attn = MoTAttention(llm, expert, layer_idx)
+        self.self_attn = MoTAttention(llm, expert)
         self.mlp = SwiGLU(llm.hidden_size, llm.intermediate_size)
         self.mlp_mot_gen = SwiGLU(expert.hidden_size, expert.intermediate_size)
         self.input_layernorm = RMSNorm(llm.hidden_size, llm.rms_norm_eps)
@@ -188,10 +199,10 @@ class MoTDecoderLayer(nn.Module):
         self.post_attention_layernorm_mot_gen = RMSNorm(expert.hidden_size, expert.rms_norm_eps)
 
     def forward(
-        self, h_und: torch.Tensor, h_gen: torch.Tensor, inputs: AttentionInputs
+        self, h_und: torch.Tensor, h_gen: torch.Tensor, inputs: AttentionInputs, kv: LayerKV | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         a_und, a_gen = self.self_attn(
-            _rows(self.input_layernorm, h_und), _rows(self.input_layernorm_mot_gen, h_gen), inputs
+            _rows(self.input_layernorm, h_und), _rows(self.input_layernorm_mot_gen, h_gen), inputs, kv
         )
         if h_und.shape[0]:
             h_und = h_und + a_und
@@ -208,7 +219,7 @@ class MoTModel(nn.Module):
     def __init__(self, llm: LLMConfig, expert: ExpertConfig):
         super().__init__()
         self.embed_tokens = nn.Embedding(llm.vocab_size, llm.hidden_size)
-        self.layers = nn.ModuleList(MoTDecoderLayer(llm, expert, i) for i in range(llm.num_hidden_layers))
+        self.layers = nn.ModuleList(MoTDecoderLayer(llm, expert) for _ in range(llm.num_hidden_layers))
         self.norm = RMSNorm(llm.hidden_size, llm.rms_norm_eps)
         self.norm_mot_gen = RMSNorm(expert.hidden_size, expert.rms_norm_eps)
         self.gradient_checkpointing = False
@@ -217,11 +228,12 @@ class MoTModel(nn.Module):
         self, h_und: torch.Tensor, h_gen: torch.Tensor, inputs: AttentionInputs
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Runs all layers; returns the final-normed (und, gen) hidden states."""
-        for layer in self.layers:
+        caches = inputs.cache.layers if inputs.cache is not None else [None] * len(self.layers)
+        for layer, kv in zip(self.layers, caches):
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
-                h_und, h_gen = checkpoint(layer, h_und, h_gen, inputs, use_reentrant=False)
+                h_und, h_gen = checkpoint(layer, h_und, h_gen, inputs, kv, use_reentrant=False)
             else:
-                h_und, h_gen = layer(h_und, h_gen, inputs)
+                h_und, h_gen = layer(h_und, h_gen, inputs, kv)
         return _rows(self.norm, h_und), _rows(self.norm_mot_gen, h_gen)
 
 
