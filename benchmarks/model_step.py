@@ -6,6 +6,9 @@ to bf16 (pure bf16 parameters; the trainer's fp32-master path is `benchmarks/tra
 ~8k-token pack of 37 LIBERO-like samples (2 views each). `--tiny` runs the tiny config on CPU as a smoke
 check. Prints one JSON object: config, device, median step time, tokens/s, model TFLOPs, MFU, peak memory.
 
+The sampling latency at the end uses the inference default attention backend ("auto": SDPA for prompts
+shorter than `FLEX_MIN_TOKENS`), whatever `--attn-backend` the training step used.
+
 FLOPs and MFU: `beingh.model.flops.training_flops` (formula in its docstring: 6 x parameters x tokens of
 the stream that uses them + 12 x d_attn x document-causal pairs per layer, checkpoint recompute not
 counted) against the device's dense bf16 peak (`beingh.model.flops.PEAK_BF16_TFLOPS`).
@@ -21,6 +24,7 @@ import json
 import statistics
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -108,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     peak = peak_bf16_tflops(gpu_name) if gpu_name else None
 
     model.eval()
+    model.config = replace(config, attn_backend="auto")  # inference's default: SDPA for short prompts
     single = synthetic_packed_batch(config, [args.views], text_lens=LIBERO_TEXT_LENS).to(device)
     single.pixel_values = single.pixel_values.to(dtype)
     latency = {}

@@ -1,10 +1,17 @@
 """End-to-end `BeingHPolicy.get_action` latency (preprocessing + flow sampling + unnormalization).
 
 Full shape (default): InternViT-300M + Qwen3-1.7B VLM + 0.6B-shaped expert with random weights, bf16 on
-CUDA, 224 px views, 4 flow steps, 1 and 2 views, with and without the prefix K/V cache. `--tiny` runs the
-tiny config on CPU (fp32) as a smoke check of the same code path. The model folder holds only a tiny
-tokenizer and metadata for the `libero_nonorm` config (no statistics needed); the weights are built in
-memory. Prints one JSON object.
+CUDA, 224 px views, 4 flow steps, 1 and 2 views. `--tiny` runs the tiny config on CPU (fp32) as a smoke
+check of the same code path. The model folder holds only a tiny tokenizer and metadata for the
+`libero_nonorm` config (no statistics needed); the weights are built in memory. Prints one JSON object.
+
+Variants (`--variants`, run in this order on one model, since compiling changes it in place):
+`eager` (with and without the prefix K/V cache; without it, every flow step reruns the whole prompt as the
+original does), `cuda_graph` (eager prefix pass, flow loop replayed from a CUDA graph:
+`beingh.inference.cuda_graph`), `compiled` (`BeingH.compile_for_inference`) and `compiled_cuda_graph`
+(both). On a CPU, "compiled" traces with dynamo's eager backend (no code generation) and the graph
+variants run the CUDA-graph sampler's eager twin: the same code paths, not GPU speed-ups. A case that
+fails (a compile, a graph capture) is reported with its error and the others still run (exit status 1).
 
 Per case: `get_action_ms` is the wall time of a call (it ends with the device-to-host copy of the chunk,
 so it includes every queued GPU kernel); `model_ms` is `sample_actions` alone on a prebuilt pack (CUDA
@@ -12,7 +19,7 @@ events on GPU); `build_batch_ms` is the observation -> device pack step (image +
 copies). The rest of `get_action_ms` is RTC bookkeeping and unnormalization.
 
     python -m benchmarks.policy_latency --tiny --threads 1     # CPU smoke check
-    python -m benchmarks.policy_latency [--compile]            # full shape on a GPU
+    python -m benchmarks.policy_latency --variants eager cuda_graph compiled compiled_cuda_graph   # GPU
 """
 
 from __future__ import annotations
@@ -22,11 +29,13 @@ import json
 import statistics
 import tempfile
 import time
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch._dynamo.utils import counters
 
 from beingh.data.metadata import DatasetMetadata, MetadataSource, VideoMeta, write_group_metadata
 from beingh.data.tokenizer import build_tiny_tokenizer
@@ -39,6 +48,8 @@ DATA_CONFIG = "libero_nonorm"
 GROUP = "bench"
 CONTROL_HZ = 20.0
 VIEW_KEYS = ("video.top_view", "video.wrist_view")
+VARIANTS = ("eager", "cuda_graph", "compiled", "compiled_cuda_graph")
+"""In the order they run: the compiled ones after `compile_for_inference`, which changes the model."""
 
 
 def build_model(config: BeingHConfig, device: torch.device, dtype: torch.dtype) -> BeingH:
@@ -108,10 +119,11 @@ def measure(policy: BeingHPolicy, obs: dict, warmup: int, iters: int) -> dict:
     batch, _ = policy.build_batch(obs)
 
     def sample() -> torch.Tensor:
+        steps = policy.num_inference_timesteps
         with torch.inference_mode():
-            return policy.model.sample_actions(
-                batch, num_steps=policy.num_inference_timesteps, use_cache=policy.use_prefix_cache
-            )
+            if policy.flow_graphs is not None and policy.use_prefix_cache:
+                return policy.flow_graphs(batch, num_steps=steps)
+            return policy.model.sample_actions(batch, num_steps=steps, use_cache=policy.use_prefix_cache)
 
     for _ in range(warmup):
         policy.get_action(obs)
@@ -153,11 +165,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num_inference_timesteps", type=int, default=4)
     parser.add_argument("--views", type=int, nargs="+", default=[1, 2], choices=[1, 2])
     parser.add_argument("--mpg", action="store_true", help="MPG on (lambda 0.1, 1 refinement pass)")
+    parser.add_argument("--variants", nargs="+", default=["eager"], choices=VARIANTS,
+                        help="what to time (see the module docstring); eager also times the uncached path")
     parser.add_argument(
-        "--compile", action="store_true", help="torch.compile the ViT and decoder layers (CUDA)"
-    )
-    parser.add_argument(
-        "--warmup", type=int, default=5, help="untimed calls per case (at least 10 with --compile)"
+        "--warmup", type=int, default=5, help="untimed calls per case (at least 10 for compiled variants)"
     )
     parser.add_argument("--iters", type=int, default=30)
     parser.add_argument("--threads", type=int, default=None, help="CPU intra-op threads (default: torch's)")
@@ -166,10 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() and not args.tiny else "cpu"))
-    if args.compile and device.type != "cuda":
-        parser.error("--compile needs a CUDA device")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    warmup = max(args.warmup, 10) if args.compile else args.warmup
+    compile_backend = "inductor" if device.type == "cuda" else "eager"
     overrides = {
         "use_mpg": args.mpg,
         "mpg_lambda": 0.1 if args.mpg else 0.0,
@@ -178,30 +187,38 @@ def main(argv: list[str] | None = None) -> int:
     config = tiny_config(**overrides) if args.tiny else BeingHConfig(**overrides)
     torch.manual_seed(0)
     model = build_model(config, device, dtype)
-    if args.compile:
-        model.compile_for_inference()
     rng = np.random.default_rng(0)
-    results = []
+    results, is_compiled = [], False
     with tempfile.TemporaryDirectory() as tmp:
         folder = write_model_folder(Path(tmp), config.force_image_size)
-        for views in args.views:
-            policy = BeingHPolicy(
-                folder,
-                DATA_CONFIG,
-                GROUP,
-                "libero",
-                "long",
-                device=str(device),
-                enable_rtc=False,
-                use_fixed_view=views == 1,
-                model=model,
-            )
-            obs = observation(views, config.force_image_size, rng)
-            for use_cache in (True, False):
-                policy.use_prefix_cache = use_cache
-                results.append(
-                    {"views": views, "prefix_cache": use_cache, **measure(policy, obs, warmup, args.iters)}
+        for variant in sorted(set(args.variants), key=VARIANTS.index):
+            compiled = variant.startswith("compiled")
+            if compiled and not is_compiled:
+                model.compile_for_inference(backend=compile_backend)
+                is_compiled = True
+            warmup = max(args.warmup, 10) if compiled else args.warmup
+            for views in args.views:
+                policy = BeingHPolicy(
+                    folder,
+                    DATA_CONFIG,
+                    GROUP,
+                    "libero",
+                    "long",
+                    device=str(device),
+                    enable_rtc=False,
+                    use_fixed_view=views == 1,
+                    model=model,
+                    cuda_graph=variant.endswith("cuda_graph"),
                 )
+                obs = observation(views, config.force_image_size, rng)
+                for use_cache in (True, False) if variant == "eager" else (True,):
+                    policy.use_prefix_cache = use_cache
+                    case = {"variant": variant, "views": views, "prefix_cache": use_cache, "warmup": warmup}
+                    try:
+                        results.append({**case, **measure(policy, obs, warmup, args.iters)})
+                    except Exception as err:  # one failed variant (a compile, a capture) must not hide the rest
+                        traceback.print_exc()
+                        results.append({**case, "error": f"{type(err).__name__}: {err}"[:2000]})
     print(
         json.dumps(
             {
@@ -214,20 +231,24 @@ def main(argv: list[str] | None = None) -> int:
                 "params": sum(p.numel() for p in model.parameters()),
                 "num_inference_timesteps": args.num_inference_timesteps,
                 "mpg": args.mpg,
-                "compile": args.compile,
-                "warmup": warmup,
+                "variants": args.variants,
+                "compile_backend": compile_backend,
                 "iters": args.iters,
                 "peak_gpu_memory_gb": (
                     round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
                     if device.type == "cuda"
                     else None
                 ),
+                "dynamo": {
+                    "unique_graphs": counters["stats"]["unique_graphs"],
+                    "graph_breaks": sum(counters["graph_break"].values()),
+                },
                 "results": results,
             },
             indent=2,
         )
     )
-    return 0
+    return 1 if any("error" in r for r in results) else 0
 
 
 if __name__ == "__main__":

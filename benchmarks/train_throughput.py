@@ -4,7 +4,11 @@ Random weights built on the meta device and materialised directly on the GPU in 
 weights), the trainer's FSDP2 wrapping on a 1-rank group (bf16 compute, fp32 reduction), the trainer's
 AdamW and gradient clipping, synthetic packs with the real token layout
 (`beingh.model.tiny.synthetic_packed_batch`, ~8192 tokens). Prints one JSON object: config, device,
-seconds/step, samples/s, tokens/s, model TFLOPs, MFU and peak memory.
+seconds/step, samples/s, tokens/s, model TFLOPs, MFU, peak memory and where the memory goes: the model
+state (fp32 parameters, fp32 gradients of the parameters that get one, AdamW's two fp32 moments), the
+rest of the peak (activations, the unsharded bf16 parameters and gradients of the unit in flight,
+workspaces), and the peak per GPU this implies with N-way sharding (the state divided by N, the rest
+unchanged: an estimate, since one GPU holds whole units).
 
     python benchmarks/train_throughput.py                      # 2B shape, CUDA, 8192-token packs
     python benchmarks/train_throughput.py --grad_checkpoint     # with activation checkpointing
@@ -41,6 +45,10 @@ def views_for_tokens(config: BeingHConfig, target_tokens: int, views_per_sample:
     probe = synthetic_packed_batch(config, num_views=[views_per_sample], text_lens=LIBERO_TEXT_LENS)
     per_sample = probe.num_tokens
     return [views_per_sample] * max(1, target_tokens // per_sample)
+
+
+def tensor_bytes(tensors) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,11 +90,15 @@ def main(argv: list[str] | None = None) -> int:
     trainable = [p for p in model.parameters() if p.requires_grad]
     model.train()
 
+    grad_bytes = 0
+
     def step() -> torch.Tensor:
+        nonlocal grad_bytes
         loss = model(batch).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trainable, 1.0, foreach=True)
         optimizer.step()
+        grad_bytes = tensor_bytes(p.grad.to_local() for p in trainable if p.grad is not None)
         optimizer.zero_grad(set_to_none=True)
         return loss.detach()
 
@@ -105,6 +117,13 @@ def main(argv: list[str] | None = None) -> int:
     sync()
     seconds = (time.perf_counter() - started) / args.steps
 
+    gib = 2**30
+    state_gib = {
+        "params": tensor_bytes(p.to_local() for p in model.parameters()) / gib,
+        "grads": grad_bytes / gib,
+        "optimizer": tensor_bytes(t for state in optimizer.state.values() for t in state.values()) / gib,
+    }
+    peak_gib = torch.cuda.max_memory_allocated(info.device) / gib if info.device.type == "cuda" else None
     device_name = (
         torch.cuda.get_device_name(info.device) if info.device.type == "cuda" else platform.processor()
     )
@@ -134,9 +153,14 @@ def main(argv: list[str] | None = None) -> int:
         "model_tflops_per_step": flops / 1e12,
         "achieved_tflops": achieved,
         "mfu": achieved / peak if peak else None,
-        "peak_memory_gib": torch.cuda.max_memory_allocated(info.device) / 2**30
+        "peak_memory_gib": peak_gib,
+        "peak_reserved_gib": torch.cuda.max_memory_reserved(info.device) / gib
         if info.device.type == "cuda"
         else None,
+        "state_gib": state_gib,
+        "peak_gib_if_sharded": None
+        if peak_gib is None
+        else {n: peak_gib - sum(state_gib.values()) * (1 - 1 / n) for n in (4, 8)},
         "final_loss": float(loss),
     }
     print(json.dumps(result, indent=2))

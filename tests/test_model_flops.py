@@ -62,6 +62,7 @@ def test_training_flops_follow_the_documented_formula():
     attention = 12 * (2 * 64 * pairs + 2 * 32 * n_img * patches**2)
     assert training_flops(model, config, batch) == pytest.approx(dense + attention)
     assert peak_bf16_tflops("NVIDIA H100 80GB HBM3") == 989.0 and peak_bf16_tflops("cpu") is None
+    assert peak_bf16_tflops("NVIDIA H200") == 989.0 and peak_bf16_tflops("NVIDIA H100 PCIe") == 756.0
 
 
 def test_model_step_benchmark_runs_tiny_on_cpu(capsys):

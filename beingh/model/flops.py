@@ -23,6 +23,9 @@ from beingh.batch import PackedBatch
 from beingh.model.config import BeingHConfig
 
 PEAK_BF16_TFLOPS = {
+    "H100 PCIe": 756.0,
+    "H100 NVL": 835.0,
+    "H200 NVL": 835.0,
     "H100": 989.0,
     "H200": 989.0,
     "H800": 989.0,
@@ -31,11 +34,13 @@ PEAK_BF16_TFLOPS = {
     "A800": 312.0,
     "L40S": 362.0,
 }
-"""Dense bf16 tensor-core peak per device family (vendor datasheets, SXM parts, no sparsity)."""
+"""Dense bf16 tensor-core peak per device (vendor datasheets, no sparsity); a bare family name is its SXM
+part. More specific names come first: the first key contained in the device name wins."""
 
 
 def peak_bf16_tflops(device_name: str) -> float | None:
-    """The peak for a `torch.cuda.get_device_name()` string, or None for an unknown device."""
+    """The peak for a `torch.cuda.get_device_name()` string ("NVIDIA H100 80GB HBM3", "NVIDIA H100 PCIe",
+    "NVIDIA H200"), or None for an unknown device."""
     return next((v for k, v in PEAK_BF16_TFLOPS.items() if k in device_name), None)
 
 
