@@ -5,6 +5,7 @@ Stages, in order, each in its own process (an out-of-memory error, a failed comp
 stage only; its error lands in the JSON and the next stage starts on a clean GPU):
 
   environment          torch / CUDA / cuDNN / NCCL versions, GPU name and memory
+  memory_estimate      predicted training memory per GPU (CPU only: parameter counts, measured activations)
   model_step           8192-token pack, compiled FlexAttention, bf16, fwd+bwd: step time, MFU
   train_no_ckpt        FSDP2 (1 GPU, NCCL), fp32 master weights, AdamW: samples/s, tokens/s, MFU, memory
   train_ckpt           the same with activation checkpointing
@@ -84,6 +85,7 @@ def stages(tiny: bool) -> list[Stage]:
     if tiny:
         return [
             Stage("environment", [py, "-c", ENVIRONMENT], 60),
+            Stage("memory_estimate", [py, "benchmarks/memory_estimate.py", "--tiny"], 60),
             Stage("model_step", [py, "benchmarks/model_step.py", "--tiny", "--warmup", "0", "--iters", "1",
                                  "--samples", "2"], 120),
             Stage("train_no_ckpt", [py, "benchmarks/train_throughput.py", "--tiny", "--warmup", "1",
@@ -97,6 +99,7 @@ def stages(tiny: bool) -> list[Stage]:
         ]
     return [
         Stage("environment", [py, "-c", ENVIRONMENT], 60),
+        Stage("memory_estimate", [py, "benchmarks/memory_estimate.py"], 60),
         Stage("model_step", [py, "benchmarks/model_step.py", "--attn-backend", "flex", "--warmup", "2",
                              "--iters", "8"], 150),
         Stage("train_no_ckpt", [py, "benchmarks/train_throughput.py", "--tokens", "8192", "--views", "2",
@@ -176,10 +179,12 @@ def summarize(records: dict[str, dict]) -> dict:
         "peak_memory_gib": _get(step, "peak_memory_gib"),
         "pack_tokens": _get(step, "config", "pack_tokens"),
     }
+    predicted = _get(records.get("memory_estimate", {}), "predicted_peak_gib") or {}
     for name in ("train_no_ckpt", "train_ckpt"):
         record = records.get(name, {})
         peak = _get(record, "peak_reserved_gib")
         summary[name] = {
+            "predicted_peak_gib": predicted.get("1gpu_" + name.removeprefix("train_")),
             "samples_per_s": _get(record, "samples_per_s"),
             "tokens_per_s": _get(record, "tokens_per_s"),
             "mfu": _get(record, "mfu"),
@@ -251,8 +256,11 @@ def table(report: dict) -> str:
         rows.append((name, "samples/s | tokens/s | MFU",
                      f"{_fmt(t['samples_per_s'])} | {_fmt(t['tokens_per_s'], '.0f')} | "
                      f"{_fmt(_scaled(t['mfu'], 100), '.1f', '%')}"))
-        rows.append((name, "peak alloc | reserved GiB | fits 80GB",
-                     f"{_fmt(t['peak_memory_gib'])} | {_fmt(t['peak_reserved_gib'])} | {_fmt(t['fits_80gb_card'])}"))
+        predicted = t["predicted_peak_gib"] or {}
+        rows.append((name, "peak GiB: predicted | alloc | reserved",
+                     f"{_fmt(predicted.get('forward_end'))}-{_fmt(predicted.get('with_all_grads'))} | "
+                     f"{_fmt(t['peak_memory_gib'])} | {_fmt(t['peak_reserved_gib'])}"))
+        rows.append((name, "fits an 80 GB card (1 GPU)", _fmt(t["fits_80gb_card"])))
     for key, v in s["policy_latency"].items():
         value = (f"ERROR {v['error'][:60]}" if "error" in v
                  else f"{_fmt(v['get_action_p50_ms'], '.2f')} | {_fmt(v['get_action_p95_ms'], '.2f')}")

@@ -12,7 +12,7 @@ import pytest
 from benchmarks import gpu_suite as suite
 from tests.conftest import REPO_ROOT
 
-STAGES = ("environment", "model_step", "train_no_ckpt", "train_ckpt", "policy_latency", "precision")
+STAGES = ("environment", "memory_estimate", "model_step", "train_no_ckpt", "train_ckpt", "policy_latency", "precision")
 VARIANT_CASES = {"eager_1view", "eager_uncached_1view", "eager_2view", "eager_uncached_2view", "cuda_graph_1view",
                  "cuda_graph_2view", "compiled_1view", "compiled_2view", "compiled_cuda_graph_1view",
                  "compiled_cuda_graph_2view"}
@@ -32,6 +32,8 @@ def test_tiny_run_writes_every_stage_figure(tmp_path):
     assert s["model_step"]["fwd_bwd_ms"] > 0 and s["model_step"]["tokens_per_s"] > 0
     for name in ("train_no_ckpt", "train_ckpt"):
         assert s[name]["samples_per_s"] > 0 and s[name]["state_gib"]["optimizer"] > 0
+        predicted = s[name]["predicted_peak_gib"]
+        assert 0 < predicted["forward_end"] < predicted["with_all_grads"]
     assert report["stages"]["train_ckpt"]["result"]["config"]["grad_checkpoint"] is True
     assert set(s["policy_latency"]) == VARIANT_CASES
     for case in s["policy_latency"].values():
