@@ -10,8 +10,9 @@ stage only; its error lands in the JSON and the next stage starts on a clean GPU
   train_no_ckpt        FSDP2 (1 GPU, NCCL), fp32 master weights, AdamW: samples/s, tokens/s, MFU, memory
   train_ckpt           the same with activation checkpointing
   policy_latency       get_action p50/p95, 1 and 2 views at 224 px, 4 flow steps, MPG as in the guide:
-                       eager (with and without the prefix cache), eager + CUDA graph, compiled,
-                       compiled + CUDA graph
+                       eager (with and without the prefix cache), eager + CUDA graph
+  policy_latency_compiled   the same after compile_for_inference: compiled, compiled + CUDA graph (its
+                       own process, so a failed or slow compile cannot cost the eager figures)
   precision            bf16 against fp32: predicted velocity of one forward, one sampled chunk
 
 A stage's status is ok, partial (it reported failed cases next to its figures), error, timeout or
@@ -93,8 +94,10 @@ def stages(tiny: bool) -> list[Stage]:
             Stage("train_ckpt", [py, "benchmarks/train_throughput.py", "--tiny", "--warmup", "1", "--steps", "1",
                                  "--tokens", "256", "--grad_checkpoint"], 120),
             Stage("policy_latency", [py, "-m", "benchmarks.policy_latency", "--tiny", "--threads", "1", "--mpg",
-                                     "--warmup", "1", "--iters", "3", "--variants", "eager", "cuda_graph",
-                                     "compiled", "compiled_cuda_graph"], 180),
+                                     "--warmup", "1", "--iters", "3", "--variants", "eager", "cuda_graph"], 120),
+            Stage("policy_latency_compiled", [py, "-m", "benchmarks.policy_latency", "--tiny", "--threads", "1",
+                                              "--mpg", "--warmup", "1", "--iters", "3", "--variants", "compiled",
+                                              "compiled_cuda_graph"], 120),
             Stage("precision", [py, "benchmarks/precision_check.py", "--tiny", "--samples", "2"], 120),
         ]
     return [
@@ -107,8 +110,10 @@ def stages(tiny: bool) -> list[Stage]:
         Stage("train_ckpt", [py, "benchmarks/train_throughput.py", "--tokens", "8192", "--views", "2",
                              "--warmup", "2", "--steps", "8", "--grad_checkpoint"], 120),
         Stage("policy_latency", [py, "-m", "benchmarks.policy_latency", "--mpg", "--views", "1", "2",
-                                 "--warmup", "5", "--iters", "30", "--variants", "eager", "cuda_graph",
-                                 "compiled", "compiled_cuda_graph"], 270),
+                                 "--warmup", "5", "--iters", "30", "--variants", "eager", "cuda_graph"], 120),
+        Stage("policy_latency_compiled", [py, "-m", "benchmarks.policy_latency", "--mpg", "--views", "1", "2",
+                                          "--warmup", "10", "--iters", "30", "--variants", "compiled",
+                                          "compiled_cuda_graph"], 240),
         Stage("precision", [py, "benchmarks/precision_check.py"], 90),
     ]
 
@@ -196,7 +201,9 @@ def summarize(records: dict[str, dict]) -> dict:
             "out_of_memory": record.get("out_of_memory", False),
         }
     latency = {}
-    for case in _get(records.get("policy_latency", {}), "results") or []:
+    cases = [case for name in ("policy_latency", "policy_latency_compiled")
+             for case in _get(records.get(name, {}), "results") or []]
+    for case in cases:
         key = f"{case['variant']}{'' if case['prefix_cache'] else '_uncached'}_{case['views']}view"
         if "error" in case:
             latency[key] = {"error": case["error"]}

@@ -11,7 +11,8 @@ original does), `cuda_graph` (eager prefix pass, flow loop replayed from a CUDA 
 `beingh.inference.cuda_graph`), `compiled` (`BeingH.compile_for_inference`) and `compiled_cuda_graph`
 (both). On a CPU, "compiled" traces with dynamo's eager backend (no code generation) and the graph
 variants run the CUDA-graph sampler's eager twin: the same code paths, not GPU speed-ups. A case that
-fails (a compile, a graph capture) is reported with its error and the others still run (exit status 1).
+fails (a compile, a graph capture) is reported with its error, the later cases of that variant (and of
+the compiled ones, when "compiled" failed) are skipped, and the other variants still run (exit status 1).
 
 Per case: `get_action_ms` is the wall time of a call (it ends with the device-to-host copy of the chunk,
 so it includes every queued GPU kernel); `model_ms` is `sample_actions` alone on a prebuilt pack (CUDA
@@ -188,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     model = build_model(config, device, dtype)
     rng = np.random.default_rng(0)
-    results, is_compiled = [], False
+    results, is_compiled, failed = [], False, {}
     with tempfile.TemporaryDirectory() as tmp:
         folder = write_model_folder(Path(tmp), config.force_image_size)
         for variant in sorted(set(args.variants), key=VARIANTS.index):
@@ -214,11 +215,16 @@ def main(argv: list[str] | None = None) -> int:
                 for use_cache in (True, False) if variant == "eager" else (True,):
                     policy.use_prefix_cache = use_cache
                     case = {"variant": variant, "views": views, "prefix_cache": use_cache, "warmup": warmup}
+                    broken = failed.get(variant) or (failed.get("compiled") if compiled else None)
+                    if broken:  # a failed compile or capture would fail (slowly) again
+                        results.append({**case, "error": f"skipped after an earlier failure: {broken}"[:2000]})
+                        continue
                     try:
                         results.append({**case, **measure(policy, obs, warmup, args.iters)})
                     except Exception as err:  # one failed variant (a compile, a capture) must not hide the rest
                         traceback.print_exc()
-                        results.append({**case, "error": f"{type(err).__name__}: {err}"[:2000]})
+                        failed[variant] = f"{type(err).__name__}: {err}"[:2000]
+                        results.append({**case, "error": failed[variant]})
     print(
         json.dumps(
             {

@@ -48,7 +48,9 @@ def views_for_tokens(config: BeingHConfig, target_tokens: int, views_per_sample:
 
 
 def tensor_bytes(tensors) -> int:
-    return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
+    """Bytes this rank holds of `tensors` (the local shards of DTensors; non-tensors skipped)."""
+    local = (t.to_local() if hasattr(t, "to_local") else t for t in tensors if isinstance(t, torch.Tensor))
+    return sum(t.numel() * t.element_size() for t in local)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -98,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trainable, 1.0, foreach=True)
         optimizer.step()
-        grad_bytes = tensor_bytes(p.grad.to_local() for p in trainable if p.grad is not None)
+        grad_bytes = tensor_bytes(p.grad for p in trainable)
         optimizer.zero_grad(set_to_none=True)
         return loss.detach()
 
@@ -119,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
 
     gib = 2**30
     state_gib = {
-        "params": tensor_bytes(p.to_local() for p in model.parameters()) / gib,
+        "params": tensor_bytes(model.parameters()) / gib,
         "grads": grad_bytes / gib,
         "optimizer": tensor_bytes(t for state in optimizer.state.values() for t in state.values()) / gib,
     }

@@ -9,10 +9,13 @@ import sys
 
 import pytest
 
+from beingh.model.beingh import BeingH
 from benchmarks import gpu_suite as suite
+from benchmarks import policy_latency
 from tests.conftest import REPO_ROOT
 
-STAGES = ("environment", "memory_estimate", "model_step", "train_no_ckpt", "train_ckpt", "policy_latency", "precision")
+STAGES = ("environment", "memory_estimate", "model_step", "train_no_ckpt", "train_ckpt", "policy_latency",
+          "policy_latency_compiled", "precision")
 VARIANT_CASES = {"eager_1view", "eager_uncached_1view", "eager_2view", "eager_uncached_2view", "cuda_graph_1view",
                  "cuda_graph_2view", "compiled_1view", "compiled_2view", "compiled_cuda_graph_1view",
                  "compiled_cuda_graph_2view"}
@@ -88,3 +91,24 @@ def test_unknown_stage_names_are_refused(capsys):
     with pytest.raises(SystemExit):
         suite.main(["--tiny", "--stages", "no_such_stage"])
     assert "unknown stages ['no_such_stage']" in capsys.readouterr().err
+
+
+def test_policy_latency_records_a_failed_compile_and_skips_what_depends_on_it(monkeypatch, capsys):
+    def broken_compile(self, backend="inductor"):
+        def fail(*args, **kwargs):
+            raise RuntimeError("inductor failed")
+
+        for block in self.blocks():
+            block.forward = fail
+
+    monkeypatch.setattr(BeingH, "compile_for_inference", broken_compile)
+    args = ["--tiny", "--views", "1", "2", "--warmup", "0", "--iters", "1", "--variants", "eager", "compiled",
+            "compiled_cuda_graph"]
+    assert policy_latency.main(args) == 1
+    results = json.loads(capsys.readouterr().out)["results"]
+    errors = {(r["variant"], r["views"], r["prefix_cache"]): r.get("error") for r in results}
+    assert [k for k, e in errors.items() if e is None] == [("eager", 1, True), ("eager", 1, False),
+                                                            ("eager", 2, True), ("eager", 2, False)]
+    assert errors[("compiled", 1, True)] == "RuntimeError: inductor failed"
+    for key in (("compiled", 2, True), ("compiled_cuda_graph", 1, True), ("compiled_cuda_graph", 2, True)):
+        assert errors[key].startswith("skipped after an earlier failure: RuntimeError: inductor failed")
