@@ -49,7 +49,8 @@ GOALS = {
 """Issue 12's targets on an H100-class GPU: get_action p50 (1 view, 224 px, 4 steps), training MFU at 8192
 tokens, and no out-of-memory error at the guide's settings on an 80 GB card."""
 USABLE_80GB_GIB = 78.0
-"""An 80 GB H100 reports 79.1 GiB; about 1 GiB goes to the CUDA context, NCCL and cuBLAS workspaces."""
+"""On a larger card, a peak (reserved) up to this fits an 80 GB one: an 80 GB H100 reports 79.1 GiB, and
+about 1 GiB goes to the CUDA context, NCCL and cuBLAS workspaces."""
 
 ENVIRONMENT = """
 import json, os, platform, sys
@@ -173,8 +174,19 @@ def _get(record: dict, *path):
     return value
 
 
+def fits_80gb_card(record: dict, gpu_memory_gib: float | None) -> bool | None:
+    """Whether a training stage would run on an 80 GB card: it did, on one; else its peak fits in one."""
+    if record.get("out_of_memory"):
+        return False if gpu_memory_gib is None or gpu_memory_gib < 81 else None
+    peak = _get(record, "peak_reserved_gib")
+    if peak is None:
+        return None
+    return True if gpu_memory_gib is not None and gpu_memory_gib < 81 else peak <= USABLE_80GB_GIB
+
+
 def summarize(records: dict[str, dict]) -> dict:
     """The headline figures of every stage (None where a stage gave none)."""
+    gpu_memory_gib = _get(records.get("environment", {}), "gpu_memory_gib")
     summary: dict = {}
     step = records.get("model_step", {})
     summary["model_step"] = {
@@ -187,17 +199,16 @@ def summarize(records: dict[str, dict]) -> dict:
     predicted = _get(records.get("memory_estimate", {}), "predicted_peak_gib") or {}
     for name in ("train_no_ckpt", "train_ckpt"):
         record = records.get(name, {})
-        peak = _get(record, "peak_reserved_gib")
         summary[name] = {
             "predicted_peak_gib": predicted.get("1gpu_" + name.removeprefix("train_")),
             "samples_per_s": _get(record, "samples_per_s"),
             "tokens_per_s": _get(record, "tokens_per_s"),
             "mfu": _get(record, "mfu"),
             "peak_memory_gib": _get(record, "peak_memory_gib"),
-            "peak_reserved_gib": peak,
+            "peak_reserved_gib": _get(record, "peak_reserved_gib"),
             "state_gib": _get(record, "state_gib"),
             "peak_gib_if_sharded": _get(record, "peak_gib_if_sharded"),
-            "fits_80gb_card": None if peak is None else peak <= USABLE_80GB_GIB,
+            "fits_80gb_card": fits_80gb_card(record, gpu_memory_gib),
             "out_of_memory": record.get("out_of_memory", False),
         }
     latency = {}
@@ -234,6 +245,11 @@ def goals(summary: dict) -> dict[str, bool | None]:
     }
 
 
+def last_line(text: str | None) -> str:
+    lines = (text or "").strip().splitlines()
+    return lines[-1] if lines else ""
+
+
 def _scaled(value, factor):
     return None if value is None else value * factor
 
@@ -251,8 +267,7 @@ def table(report: dict) -> str:
     rows = [("stage", "figure", "value")]
     for name, record in report["stages"].items():
         if record["status"] != "ok":
-            rows.append((name, record["status"], (record.get("error") or "").strip().splitlines()[-1:][0][:80]
-                         if record.get("error") else ""))
+            rows.append((name, record["status"], last_line(record.get("error"))[:80]))
     m = s["model_step"]
     rows += [
         ("model_step", f"fwd+bwd ms ({_fmt(m['pack_tokens'], 'd')} tok)", _fmt(m["fwd_bwd_ms"])),
@@ -325,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
             timeout = min(stage.cap_s, left)
             print(f"[{index}/{len(plan)}] {stage.name} (up to {timeout:.0f} s) ...", flush=True)
             records[stage.name] = record = run_stage(stage, timeout, log)
-            note = "" if record["status"] == "ok" else f": {(record.get('error') or '').strip().splitlines()[-1:]}"
+            note = "" if record["status"] == "ok" else f": {last_line(record.get('error'))}"
             print(f"[{index}/{len(plan)}] {stage.name}: {record['status']} in {record['seconds']:.0f} s{note}",
                   flush=True)
 

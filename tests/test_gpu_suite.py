@@ -87,6 +87,18 @@ def test_goals_judge_the_full_shape_figures():
     assert suite.device_slug({"gpu": "NVIDIA H100 80GB HBM3"}, tiny=False) == "nvidia-h100-80gb-hbm3"
 
 
+@pytest.mark.parametrize(("record", "gpu_gib", "fits"), [
+    ({"status": "ok", "result": {"peak_reserved_gib": 78.5}}, 79.1, True),  # it ran on an 80 GB card
+    ({"status": "ok", "result": {"peak_reserved_gib": 78.5}}, 139.8, False),  # too much for one
+    ({"status": "ok", "result": {"peak_reserved_gib": 60.0}}, 139.8, True),
+    ({"status": "error", "out_of_memory": True}, 79.1, False),
+    ({"status": "error", "out_of_memory": True}, 139.8, None),  # over 140 GB: says nothing about 80
+    ({"status": "timeout"}, 139.8, None),
+])
+def test_fits_an_80gb_card(record, gpu_gib, fits):
+    assert suite.fits_80gb_card(record, gpu_gib) is fits
+
+
 def test_unknown_stage_names_are_refused(capsys):
     with pytest.raises(SystemExit):
         suite.main(["--tiny", "--stages", "no_such_stage"])
