@@ -13,9 +13,11 @@ from beingh.data.image import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     build_image_transform,
+    center_crop_offsets,
     color_jitter_affine,
     hue_rotation,
     jitter_affine,
+    resize_shape,
 )
 
 
@@ -50,6 +52,30 @@ def test_eval_center_crops_after_resizing_shorter_side():
     image[:, 16:48] = 255  # the central square is white, the sides black
     out = _unnormalize(build_image_transform(32, train=False)(image))
     assert out[:, :, 2:-2].min() > 0.99
+
+
+def test_eval_geometry_follows_torchvision_arithmetic():
+    """Resize(S): the long side is int(S * long / short), truncated; CenterCrop(S): offsets are Python's
+    round((side - S) / 2), half to even (torchvision.transforms.functional.center_crop)."""
+    assert resize_shape(480, 640, 224) == (224, 298)  # 298.67: rounding would give 299
+    assert resize_shape(640, 480, 224) == (298, 224)
+    assert resize_shape(56, 75, 56) == (56, 75)
+    assert center_crop_offsets(224, 298, 224) == (0, 37)
+    assert center_crop_offsets(224, 299, 224) == (0, 38)  # 37.5 -> 38
+    assert center_crop_offsets(224, 297, 224) == (0, 36)  # 36.5 -> 36 (half to even)
+    assert center_crop_offsets(75, 56, 56) == (10, 0)  # 9.5 -> 10; flooring would give 9
+    with pytest.raises(ValueError, match="cannot center-crop"):
+        center_crop_offsets(50, 60, 56)
+
+
+def test_eval_crop_takes_the_torchvision_pixels():
+    """A 56 x 75 image needs no resize at 56 px: the crop must start at column 10 exactly."""
+    image = np.zeros((56, 75, 3), dtype=np.uint8)
+    image[..., 0] = np.arange(75, dtype=np.uint8)[None, :]  # red = column index
+    out = _unnormalize(build_image_transform(56, train=False)(image))
+    torch.testing.assert_close(out[0, 0] * 255, torch.arange(10, 66, dtype=torch.float32), atol=1e-3, rtol=0)
+    resized = build_image_transform(224, train=False)._eval_geometry(torch.zeros(3, 480, 640, dtype=torch.uint8))
+    assert resized.shape == (3, 224, 224)
 
 
 def test_train_is_reproducible_with_the_same_rng_and_varies_otherwise():

@@ -178,6 +178,9 @@ def test_release_format_checkpoint_with_mpg_and_trained_rtc(metaworld_checkpoint
     with caplog.at_level(logging.INFO, logger="beingh.inference.policy"):
         policy = make_policy(tmp_path, rtc_inference_delay=2)
     assert policy.model.config.mpg_active
+    # Written by the original: its MPG semantics, and prefix locking as its policy did (the file says False).
+    assert policy.model.config.mpg_semantics == "original" and policy.prefix_locking
+    assert make_policy(tmp_path, mpg_semantics="fixed").model.config.mpg_semantics == "fixed"
     assert any(TRAINED_RTC in r.getMessage() for r in caplog.records)
     first = policy.get_action(observation(5), noise=noise(5))
     second = policy.get_action(observation(6), executed_steps=3, noise=noise(6))

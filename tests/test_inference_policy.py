@@ -14,7 +14,13 @@ import torch
 
 from beingh.data.embodiment import get_data_config
 from beingh.data.lerobot import LeRobotDataset
-from beingh.data.metadata import MetadataSource, build_dataset_metadata, write_group_metadata
+from beingh.data.metadata import (
+    DatasetMetadata,
+    MetadataSource,
+    VideoMeta,
+    build_dataset_metadata,
+    write_group_metadata,
+)
 from beingh.data.stats import compute_dataset_stats
 from beingh.data.tokenizer import build_tiny_tokenizer
 from beingh.inference.cli import load_observation
@@ -146,6 +152,21 @@ def test_enable_rtc_false_locks_nothing(checkpoint):
     np.testing.assert_array_equal(free["action.eef_position"], again["action.eef_position"])
 
 
+def test_checkpoint_without_prefix_overwrite_locks_nothing_unless_asked(tmp_path):
+    """`use_inference_prefix_overwrite` saved as False turns prefix locking off (it used to be ignored)."""
+    root = write_checkpoint(tmp_path / "no_lock", use_inference_prefix_overwrite=False)
+    policy = make_policy(root)
+    assert not policy.prefix_locking and policy.rtc_mode == "off"
+    prev = noise(12)[:6]
+    out = policy.get_action({**observation(9), "prev_chunk": prev, "inference_delay": 2}, noise=noise(13))
+    free = policy.get_action(observation(9), noise=noise(13))
+    np.testing.assert_array_equal(out["action_unified"], free["action_unified"])
+    assert not np.allclose(out["action_unified"][:2], prev[:2])
+    asked = make_policy(root, use_inference_prefix_overwrite=True)
+    locked = asked.get_action({**observation(9), "prev_chunk": prev, "inference_delay": 2}, noise=noise(13))
+    np.testing.assert_array_equal(locked["action_unified"][:2], prev[:2])
+
+
 def test_rtc_mode_is_logged_once(tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger="beingh.inference.policy"):
         make_policy(write_checkpoint(tmp_path / "rtc", use_training_time_rtc=True, simulated_delay=4))
@@ -189,6 +210,65 @@ def test_bad_observations_raise_observation_error(policy, change, message):
             obs[key] = value
     with pytest.raises(ObservationError, match=message):
         policy.get_action(obs)
+
+
+def _two_view_checkpoint(root):
+    """A LIBERO-shaped checkpoint (2 views, no statistics needed) for prompt-layout comparisons."""
+    torch.manual_seed(0)
+    BeingH(tiny_config()).save_pretrained(root)
+    build_tiny_tokenizer(root)
+    videos = {name: VideoMeta((64, 64), 3, 20.0) for name in ("top_view", "wrist_view")}
+    metadata = DatasetMetadata({"state": {}, "action": {}}, {"video": videos}, "libero")
+    write_group_metadata(root / "experiment_cfg", "bench", [MetadataSource("bench", metadata, 1)])
+    return root
+
+
+def _libero_observation(seed: int) -> dict:
+    rng = np.random.default_rng(seed)
+    return {
+        "video.top_view": rng.integers(0, 256, (64, 64, 3), dtype=np.uint8),
+        "video.wrist_view": rng.integers(0, 256, (64, 64, 3), dtype=np.uint8),
+        "state.eef_position": rng.uniform(-0.5, 0.5, 3),
+        "state.eef_rotation": rng.uniform(-1.0, 1.0, 3),
+        "state.libero_gripper_position": rng.uniform(0.0, 0.04, 2),
+        "language.instruction": "put the bowl on the plate",
+    }
+
+
+def test_single_image_block_layout_reproduces_the_original_server_prompt(tmp_path):
+    root = _two_view_checkpoint(tmp_path / "two_views")
+    args = dict(model_path=root, data_config_name="libero_nonorm", dataset_name="bench", embodiment_tag="libero",
+                instruction_template="long", device="cpu", enable_rtc=False)
+    per_view, single = BeingHPolicy(**args), BeingHPolicy(**args, image_block_layout="single")
+    obs = _libero_observation(0)
+    img_start = per_view.prompt_builder.ids.img_start
+    per_view_batch, _ = per_view.build_batch(obs)
+    single_batch, _ = single.build_batch(obs)
+    assert int((per_view_batch.input_ids == img_start).sum()) == 2
+    assert int((single_batch.input_ids == img_start).sum()) == 1
+    assert single_batch.num_tokens == per_view_batch.num_tokens - 2
+    torch.testing.assert_close(single_batch.pixel_values, per_view_batch.pixel_values)
+    a = per_view.get_action(obs, noise=noise(1))["action.eef_position"]
+    b = single.get_action(obs, noise=noise(1))["action.eef_position"]
+    assert not np.allclose(a, b)
+    assert single.metadata["image_block_layout"] == "single"
+
+
+def test_policy_overrides_mpg_semantics_and_dtype(tmp_path):
+    root = write_checkpoint(tmp_path / "mpg", use_mpg=True, mpg_lambda=0.5, mpg_semantics="fixed")
+    fixed = make_policy(root, enable_rtc=False)
+    original = make_policy(root, enable_rtc=False, mpg_semantics="original", mpg_seed=4)
+    assert fixed.model.config.mpg_semantics == "fixed" and original.model.config.mpg_semantics == "original"
+    assert original.metadata["mpg_semantics"] == "original"
+    passes = np.stack([noise(2), noise(3)])  # one starting noise per sampling pass
+    first = original.get_action(observation(1), noise=passes)["action.eef_position"]
+    np.testing.assert_array_equal(first, original.get_action(observation(1), noise=passes)["action.eef_position"])
+    assert not np.allclose(first, fixed.get_action(observation(1), noise=passes)["action.eef_position"])
+    half = make_policy(root, enable_rtc=False, dtype="bfloat16")
+    assert next(half.model.parameters()).dtype == torch.bfloat16
+    assert np.all(np.isfinite(half.get_action(observation(1))["action.eef_position"]))
+    with pytest.raises(ValueError, match="dtype must be"):
+        make_policy(root, dtype="int8")
 
 
 def test_constructor_errors_name_the_problem(checkpoint, tmp_path):

@@ -53,7 +53,7 @@ def test_projections_are_seeded_and_unit_norm():
 
 def test_mpg_gate_is_per_sample_and_deterministic():
     torch.manual_seed(0)
-    mpg = MPGEnhancement(obs_dim=16, action_dim=8, emb_dim=16, num_projections=32, seed=0)
+    mpg = MPGEnhancement(obs_dim=16, action_dim=8, emb_dim=16, num_projections=32)
     obs, clean = torch.randn(3, 5, 16), torch.randn(3, 4, 8)
     out1, gate1, dist1 = mpg(obs, clean, lam=0.1, temperature=1.0, stop_gradient=True)
     out2, gate2, _ = mpg(obs, clean, lam=0.1, temperature=1.0, stop_gradient=True)
@@ -68,7 +68,7 @@ def test_mpg_gate_is_per_sample_and_deterministic():
 
 def test_stop_gradient_controls_the_gate_gradient():
     torch.manual_seed(0)
-    mpg = MPGEnhancement(obs_dim=8, action_dim=8, emb_dim=8, num_projections=8, seed=0)
+    mpg = MPGEnhancement(obs_dim=8, action_dim=8, emb_dim=8, num_projections=8)
     obs, clean = torch.randn(2, 3, 8), torch.randn(2, 3, 8)
     mpg(obs, clean, lam=1.0, temperature=1.0, stop_gradient=True)[0].sum().backward()
     assert mpg.action_proj.weight.grad is None

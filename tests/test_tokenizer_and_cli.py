@@ -10,6 +10,7 @@ from beingh.data.tokenizer import (
     add_special_tokens,
     build_tiny_tokenizer,
     load_tokenizer,
+    save_tokenizer,
     special_token_ids,
 )
 
@@ -45,6 +46,28 @@ def test_load_tokenizer_names_the_missing_folder(tmp_path):
         load_tokenizer(tmp_path / "nowhere")
     with pytest.raises(FileNotFoundError, match="no loadable tokenizer"):
         load_tokenizer(tmp_path)
+
+
+def test_saved_tokenizer_config_loads_in_transformers_4_and_5(tmp_path):
+    """transformers 5 writes `tokenizer_class: TokenizersBackend` and a list `extra_special_tokens`, which
+    transformers 4 cannot read; `save_tokenizer` writes the class and key both versions load."""
+    import json
+
+    from transformers import AutoTokenizer
+
+    built = build_tiny_tokenizer(tmp_path / "tiny")
+    save_tokenizer(load_tokenizer(tmp_path / "tiny"), tmp_path / "saved")
+    for folder in (tmp_path / "tiny", tmp_path / "saved"):
+        config = json.loads((folder / "tokenizer_config.json").read_text())
+        assert config["tokenizer_class"] == "PreTrainedTokenizerFast"
+        assert not isinstance(config.get("extra_special_tokens"), list)
+        assert config["additional_special_tokens"] == ["<|im_start|>", "<img>", "</img>", "<|state_start|>",
+                                                       "<|state_end|>"]
+        assert "is_local" not in config and "local_files_only" not in config
+        reloaded = AutoTokenizer.from_pretrained(str(folder))
+        text = "<|im_start|>user\n<img></img><|state_start|><|state_end|> reach the target<|im_end|>"
+        assert reloaded.encode(text, add_special_tokens=False) == built.encode(text, add_special_tokens=False)
+        assert len(reloaded) == len(built)
 
 
 def test_tiny_tokenizer_round_trips_through_disk(tmp_path):

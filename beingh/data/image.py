@@ -122,6 +122,22 @@ def _to_normalized(planes: torch.Tensor, size: tuple[int, int], matrix: np.ndarr
     return out.view(3, *size)
 
 
+def resize_shape(height: int, width: int, size: int) -> tuple[int, int]:
+    """(h, w) after torchvision's `Resize(size)`: the shorter side becomes `size`, the longer one
+    `int(size * long / short)` (truncated: 480x640 -> 224x298)."""
+    short, long = min(height, width), max(height, width)
+    new_long = int(size * long / short)
+    return (size, new_long) if height <= width else (new_long, size)
+
+
+def center_crop_offsets(height: int, width: int, size: int) -> tuple[int, int]:
+    """(top, left) of torchvision's `center_crop` to size x size: `int(round((side - size) / 2))`, Python's
+    round (half to even: an excess of 75 gives 38, 73 gives 36)."""
+    if height < size or width < size:
+        raise ValueError(f"cannot center-crop {size}x{size} out of {height}x{width}")
+    return int(round((height - size) / 2.0)), int(round((width - size) / 2.0))
+
+
 class ImageTransform:
     """`transform(image (H, W, 3) uint8, rng=None) -> (3, S, S) float32`; `rng` drives train augmentation.
 
@@ -145,14 +161,11 @@ class ImageTransform:
         return _to_normalized(planes, size, matrix, offset, clamp=True)
 
     def _eval_geometry(self, x: torch.Tensor) -> torch.Tensor:
-        """Resize the shorter side to S, then center crop (nothing at all when already S x S)."""
+        """Resize the shorter side to S, then center crop, with torchvision's arithmetic (`resize_shape`,
+        `center_crop_offsets`) so the pixels are those of the original's `Resize(S)` + `CenterCrop(S)`."""
         size = self.image_size
-        h, w = x.shape[-2:]
-        if (h, w) == (size, size):
-            return x
-        scale = size / min(h, w)
-        x = _resize(x, (max(size, round(h * scale)), max(size, round(w * scale))))
-        top, left = (x.shape[-2] - size) // 2, (x.shape[-1] - size) // 2
+        x = _resize(x, resize_shape(*x.shape[-2:], size))
+        top, left = center_crop_offsets(*x.shape[-2:], size)
         return x[:, top : top + size, left : left + size]
 
     def _train_geometry(self, x: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:

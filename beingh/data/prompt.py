@@ -9,6 +9,10 @@
 <|im_end|>
 ```
 
+`image_block_layout="single"` puts ONE `<img>`...`</img>` pair around all views instead: the original's
+inference server did so (reference/upstream_model.md §9.2.6) although it trained per view; use it only to
+reproduce that server's outputs exactly.
+
 The layout of a sample depends only on its number of views and its instruction, so it is computed once
 per (views, instruction) and reused; the system/user prefix is tokenized once per builder.
 """
@@ -34,6 +38,7 @@ PROMPT_TEMPLATES = {
     "long": "According to the instruction '{task}', what's the micro-step actions in the next {T} steps?",
     "short": "{task}",
 }
+IMAGE_BLOCK_LAYOUTS = ("per_view", "single")
 VIT_PATCH_SIZE = 14
 _LAYOUT_CACHE_SIZE = 4096
 
@@ -44,14 +49,23 @@ def tokens_per_image(image_size: int, down_sample_ratio: float = 0.5, patch_size
 
 
 def format_instruction(template: str, task: str, chunk_length: int) -> str:
-    """Apply a prompt template: "long", "short", or a custom string with `{task}`/`{task_description}`."""
+    """Apply a prompt template: "long", "short", or a custom string with `{task}`/`{task_description}`.
+
+    `{T}` and `{k}` (the original's templates' name) are the chunk length.
+    """
     fmt = PROMPT_TEMPLATES.get(template, template)
     if "{task}" not in fmt and "{task_description}" not in fmt:
         raise ValueError(
             f"prompt_template {template!r}: expected one of {sorted(PROMPT_TEMPLATES)} or a format string "
             "containing '{task}' or '{task_description}'"
         )
-    return fmt.format(task=task, task_description=task, T=chunk_length)
+    try:
+        return fmt.format(task=task, task_description=task, T=chunk_length, k=chunk_length)
+    except (KeyError, IndexError) as err:
+        raise ValueError(
+            f"prompt_template {template!r} has an unknown placeholder {err}; known: "
+            "{task}, {task_description}, {T}, {k}"
+        ) from err
 
 
 @dataclass
@@ -108,6 +122,7 @@ class PromptBuilder:
     attn_mode: `causal` (positions 0..L-1, no bidirectional segment), `full` (each image block incl.
     <img>/</img> is one bidirectional segment sharing one RoPE position), `actionfull` (full + the action
     block bidirectional), `causal_actionfull` (causal + bidirectional action block).
+    image_block_layout: `per_view` (training's layout) or `single` (one block around all views).
     """
 
     def __init__(
@@ -118,9 +133,12 @@ class PromptBuilder:
         prompt_template: str = "long",
         attn_mode: str = "causal",
         conv_style: str = "being_h0",
+        image_block_layout: str = "per_view",
     ):
         if attn_mode not in ATTN_MODES:
             raise ValueError(f"attn_mode {attn_mode!r}: expected one of {ATTN_MODES}")
+        if image_block_layout not in IMAGE_BLOCK_LAYOUTS:
+            raise ValueError(f"image_block_layout {image_block_layout!r}: expected one of {IMAGE_BLOCK_LAYOUTS}")
         if conv_style not in SYSTEM_MESSAGES:
             raise ValueError(f"conv_style {conv_style!r}: expected one of {sorted(SYSTEM_MESSAGES)}")
         if tokens_per_image <= 0 or action_chunk_length <= 0:
@@ -133,6 +151,7 @@ class PromptBuilder:
         self.action_chunk_length = action_chunk_length
         self.prompt_template = prompt_template
         self.attn_mode = attn_mode
+        self.image_block_layout = image_block_layout
         self.ids = special_token_ids(tokenizer)
         self._prefix = (
             [self.ids.im_start, *self._encode("system\n" + SYSTEM_MESSAGES[conv_style]), self.ids.im_end]
@@ -208,9 +227,11 @@ class PromptBuilder:
                 counter += len(tokens)
 
         emit(self._prefix, [0] * len(self._prefix))
-        image_block = [self.ids.img_start, *([0] * self.tokens_per_image), self.ids.img_end]
-        image_kinds = [0, *([1] * self.tokens_per_image), 0]
-        for _ in range(num_views):
+        views_per_block, num_blocks = (num_views, min(num_views, 1)) if self.image_block_layout == "single" else (1, num_views)
+        slots = self.tokens_per_image * views_per_block
+        image_block = [self.ids.img_start, *([0] * slots), self.ids.img_end]
+        image_kinds = [0, *([1] * slots), 0]
+        for _ in range(num_blocks):
             emit(image_block, image_kinds, bidirectional=full_images, one_position=full_images)
         emit([self.ids.state_start, 0, self.ids.state_end], [0, 2, 0])
         text = format_instruction(self.prompt_template, instruction, self.action_chunk_length)

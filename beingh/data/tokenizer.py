@@ -6,6 +6,7 @@ The tokenizer always comes from a folder on disk (the model folder or a checkpoi
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,6 +82,33 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
+LEGACY_TOKENIZER_CLASSES = {"TokenizersBackend": "PreTrainedTokenizerFast"}
+"""Class names transformers 5 writes that transformers 4 cannot resolve -> the name both versions load."""
+
+
+def save_tokenizer(tokenizer: PreTrainedTokenizerBase, folder: str | Path) -> None:
+    """`save_pretrained`, then make `tokenizer_config.json` loadable by transformers 4 as well as 5.
+
+    transformers 5 writes `tokenizer_class: TokenizersBackend` (a class transformers 4 lacks) and lists
+    added special tokens under `extra_special_tokens` (transformers 4 expects a mapping there); both
+    versions read the class `PreTrainedTokenizerFast` and the list `additional_special_tokens`.
+    """
+    folder = Path(folder)
+    tokenizer.save_pretrained(str(folder))
+    config_file = folder / "tokenizer_config.json"
+    config = json.loads(config_file.read_text())
+    name = config.get("tokenizer_class")
+    config["tokenizer_class"] = LEGACY_TOKENIZER_CLASSES.get(name, name)
+    extra = config.get("extra_special_tokens")
+    if isinstance(extra, list):
+        del config["extra_special_tokens"]
+        known = list(config.get("additional_special_tokens") or [])
+        config["additional_special_tokens"] = known + [t for t in extra if t not in known]
+    for key in ("is_local", "local_files_only"):  # where this copy was loaded from, not tokenizer settings
+        config.pop(key, None)
+    config_file.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
+
+
 def build_tiny_tokenizer(out_dir: str | Path | None = None, vocab_size: int = 512) -> PreTrainedTokenizerFast:
     """A byte-level BPE tokenizer trained on a small built-in corpus, with the being_h0 special tokens.
 
@@ -114,5 +142,5 @@ def build_tiny_tokenizer(out_dir: str | Path | None = None, vocab_size: int = 51
     )
     if out_dir is not None:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
-        fast.save_pretrained(str(out_dir))
+        save_tokenizer(fast, out_dir)
     return fast

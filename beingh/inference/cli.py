@@ -17,7 +17,9 @@ from typing import Any
 
 import numpy as np
 
+from beingh.data.prompt import IMAGE_BLOCK_LAYOUTS
 from beingh.inference.checks import DEFAULT_MAX_INSTRUCTION_TOKENS
+from beingh.model.mpg import MPG_SEMANTICS
 
 
 def add_policy_args(parser: argparse.ArgumentParser) -> None:
@@ -35,6 +37,15 @@ def add_policy_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--enable_rtc", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--use_mpg", action=argparse.BooleanOptionalAction, default=None)
     parser.add_argument("--mpg_lambda", type=float, default=None)
+    parser.add_argument("--mpg_semantics", choices=MPG_SEMANTICS, default=None,
+                        help="default: the checkpoint's ('original' for one written by the original)")
+    parser.add_argument("--mpg_seed", type=int, default=None,
+                        help="seed the MPG projections (default: the checkpoint's; 'original' draws per call)")
+    parser.add_argument("--use_inference_prefix_overwrite", action=argparse.BooleanOptionalAction, default=None,
+                        help="RTC prefix locking (default: the checkpoint's)")
+    parser.add_argument("--image_block_layout", choices=IMAGE_BLOCK_LAYOUTS, default="per_view",
+                        help="'single': one <img> block around all views, as the original's server")
+    parser.add_argument("--dtype", default=None, help="float32 | bfloat16 (default: bf16 on CUDA, else fp32)")
     parser.add_argument("--rtc_inference_delay", type=int, default=None,
                         help="declared inference delay in control steps (default: measured)")
     parser.add_argument("--control_hz", type=float, default=None, help="default: dataset fps from the metadata")
@@ -68,6 +79,11 @@ def policy_from_args(args: argparse.Namespace):
         enable_rtc=args.enable_rtc,
         use_mpg=args.use_mpg,
         mpg_lambda=args.mpg_lambda,
+        mpg_semantics=args.mpg_semantics,
+        mpg_seed=args.mpg_seed,
+        use_inference_prefix_overwrite=args.use_inference_prefix_overwrite,
+        image_block_layout=args.image_block_layout,
+        dtype=args.dtype,
         rtc_inference_delay=args.rtc_inference_delay,
         control_hz=args.control_hz,
         max_view_num=args.max_view_num,

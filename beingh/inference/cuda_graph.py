@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 
 from beingh.batch import PackedBatch
-from beingh.model.beingh import BeingH
+from beingh.model.beingh import BeingH, CachedFlow
 
 logger = logging.getLogger(__name__)
 
@@ -50,9 +50,11 @@ class _Graph:
     """The capture call's `CachedFlow.tensors()`: later calls copy theirs into these."""
     replay: Callable[[], torch.Tensor]
 
-    def matches(self, batch: PackedBatch, steps: int) -> bool:
+    def matches(self, batch: PackedBatch, steps: int, flow: CachedFlow) -> bool:
         if steps != self.steps or list(batch.sample_lens) != self.sample_lens:
             return False
+        if [t.shape for t in flow.tensors()] != [t.shape for t in self.static]:
+            return False  # e.g. one noise for all MPG passes vs one per pass
         return all(
             ours is theirs or (ours.shape == theirs.shape and torch.equal(ours, theirs))
             for ours, theirs in zip(self.layout, _layout(batch))
@@ -88,7 +90,7 @@ class CUDAGraphSampler:
     ) -> torch.Tensor:
         steps = num_steps or self.model.config.num_inference_timesteps
         flow = self.model.prepare_cached_flow(batch, noise, prefix_actions, prefix_len)
-        graph = next((g for g in self._graphs if g.matches(batch, steps)), None)
+        graph = next((g for g in self._graphs if g.matches(batch, steps, flow)), None)
         if graph is None:
             graph = self._capture(batch, flow, steps)
         else:

@@ -2,7 +2,7 @@
 
 The observation goes through exactly the code that built training samples: the eval image transform,
 the `EmbodimentTransform` of the data config with the checkpoint's metadata, the same `PromptBuilder`
-(one `<img>` block per view) and `pack_samples`. The model encodes the prompt once (prefix KV cache)
+(one `<img>` block per view unless `image_block_layout="single"`) and `pack_samples`. The model encodes the prompt once (prefix KV cache)
 and runs only the action expert at each flow step. With RTC on, the committed start of the chunk is
 locked to what the robot executes while the chunk is computed (`beingh.inference.rtc`).
 
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +26,8 @@ import torch
 from beingh.batch import UNIFIED_DIM, PackedBatch
 from beingh.checkpoint_manifest import verify_checkpoint
 from beingh.data.embodiment import BaseDataConfig, embodiment_id, get_data_config
-from beingh.data.image import build_image_transform
-from beingh.data.metadata import find_metadata_file, load_metadata
+from beingh.data.image import ImageTransform, build_image_transform
+from beingh.data.metadata import DatasetMetadata, find_metadata_file, load_metadata
 from beingh.data.packing import pack_samples
 from beingh.data.prompt import PromptBuilder
 from beingh.data.sample import RobotSample
@@ -68,6 +68,91 @@ def inference_views(data_config: BaseDataConfig) -> list[str]:
     return list(data_config.VIDEO_KEYS[: data_config.max_view_num])
 
 
+@dataclass
+class PolicyParts:
+    """What a `BeingHPolicy` runs with, loaded from a checkpoint folder by `load_policy_parts`."""
+
+    model: BeingH
+    """On the policy's device and dtype, in eval mode, with the inference overrides applied."""
+    data_config: BaseDataConfig
+    metadata_file: Path
+    dataset_metadata: DatasetMetadata
+    transform: EmbodimentTransform
+    prompt_builder: PromptBuilder
+    image_transform: ImageTransform
+    video_keys: list[str]
+    embodiment_id: int
+
+
+def resolve_dtype(device: torch.device, dtype: str | torch.dtype | None) -> torch.dtype:
+    """The inference dtype: bf16 on CUDA and fp32 elsewhere unless given (a torch dtype or its name)."""
+    if dtype is None:
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    resolved = getattr(torch, dtype, None) if isinstance(dtype, str) else dtype
+    if resolved not in (torch.float32, torch.bfloat16, torch.float16):
+        raise ValueError(f"dtype must be float32, bfloat16 or float16, got {dtype!r}")
+    return resolved
+
+
+def load_policy_parts(
+    model_path: str | Path,
+    data_config_name: str,
+    dataset_name: str,
+    embodiment_tag: str,
+    instruction_template: str,
+    *,
+    metadata_variant: str | None = None,
+    stats_selection_mode: str = "auto",
+    device: torch.device,
+    dtype: torch.dtype,
+    config_overrides: dict[str, Any] | None = None,
+    image_block_layout: str = "per_view",
+    max_view_num: int = -1,
+    use_fixed_view: bool = False,
+    model: BeingH | None = None,
+) -> PolicyParts:
+    """Read a checkpoint folder: metadata and embodiment transforms, model (unless `model` is given, whose
+    tokenizer and metadata still come from `model_path`), tokenizer and prompt layout.
+
+    `config_overrides` replaces `BeingHConfig` fields for inference (e.g. `mpg_semantics`, `mpg_lambda`).
+    """
+    model_path = Path(model_path)
+    if not model_path.is_dir():
+        raise FileNotFoundError(f"model_path is not a directory: {model_path}")
+    verify_checkpoint(model_path, skip_train_state=True)
+    data_config = get_data_config(data_config_name)(
+        embodiment_tag=embodiment_tag, use_fixed_view=use_fixed_view, max_view_num=max_view_num)
+    metadata_file = find_metadata_file(model_path, dataset_name)
+    dataset_metadata = load_metadata(metadata_file, dataset_name, metadata_variant, stats_selection_mode)
+    trained_config = dataset_metadata.data_config
+    if trained_config is not None and trained_config != data_config_name:
+        raise ValueError(f"{metadata_file}: these statistics were computed with data config "
+                         f"{trained_config!r}, but data_config_name={data_config_name!r}; the model would get "
+                         f"different state/action slots than in training. Pass {trained_config!r}.")
+    check_embodiment_tag(embodiment_tag, dataset_metadata.embodiment_tag)
+    model = model or BeingH.from_pretrained(model_path)
+    if config_overrides:
+        model.config = model.config.with_overrides(config_overrides)
+    config = model.config
+    if config.mpg_active and not hasattr(model, "mpg"):
+        raise ValueError(f"use_mpg/mpg_lambda enable MPG but {model_path} has no mpg.* weights "
+                         "(the checkpoint was trained without MPG)")
+    prompt_builder = PromptBuilder(load_tokenizer(model_path), config.tokens_per_image, config.action_chunk_length,
+                                   prompt_template=instruction_template, attn_mode=config.attn_mode,
+                                   image_block_layout=image_block_layout)
+    return PolicyParts(
+        model=model.to(device=device, dtype=dtype).eval(),
+        data_config=data_config,
+        metadata_file=metadata_file,
+        dataset_metadata=dataset_metadata,
+        transform=EmbodimentTransform(data_config, dataset_metadata),
+        prompt_builder=prompt_builder,
+        image_transform=build_image_transform(config.force_image_size, train=False),
+        video_keys=inference_views(data_config),
+        embodiment_id=embodiment_id(embodiment_tag),
+    )
+
+
 class BeingHPolicy:
     """A checkpoint ready to act: preprocessing, prefix-cached flow sampling, unnormalization, RTC.
 
@@ -82,7 +167,12 @@ class BeingHPolicy:
     else the last inference wall time times `control_hz` (default: the dataset fps in the metadata).
     `reset()` at every new episode. A loop that pauses the robot during inference (a simulator stepped
     synchronously) executes nothing while the chunk is computed: declare `rtc_inference_delay=0` there,
-    or lock a few steps on purpose for smoother chunk transitions.
+    or lock a few steps on purpose for smoother chunk transitions. Prefix locking needs the checkpoint's
+    `use_inference_prefix_overwrite` (or the argument of that name) as well as `enable_rtc`.
+
+    Matching a checkpoint of the original implementation: its config.json loads with
+    `mpg_semantics="original"` (its MPG, bugs included); `image_block_layout="single"` additionally
+    reproduces the original server's prompt (one `<img>` block around all views, unlike its training).
 
     `cuda_graph` replays the prefix-cached flow loop from a CUDA graph captured once per prompt layout
     (`beingh.inference.cuda_graph`; on a CPU the same loop runs eagerly).
@@ -116,34 +206,33 @@ class BeingHPolicy:
         use_fixed_view: bool = False,
         compile: bool = False,
         model: BeingH | None = None,
+        mpg_semantics: str | None = None,
+        mpg_seed: int | None = None,
+        use_inference_prefix_overwrite: bool | None = None,
+        image_block_layout: str = "per_view",
+        dtype: str | torch.dtype | None = None,
         max_instruction_tokens: int = DEFAULT_MAX_INSTRUCTION_TOKENS,
         cuda_graph: bool = False,
     ):
-        self.model_path = Path(model_path)
-        if not self.model_path.is_dir():
-            raise FileNotFoundError(f"model_path is not a directory: {self.model_path}")
-        verify_checkpoint(self.model_path, skip_train_state=True)
         check_positive("control_hz", control_hz)
         check_positive("max_instruction_tokens", max_instruction_tokens)
         self.max_instruction_tokens = max_instruction_tokens
+        self.model_path = Path(model_path)
         self.device = torch.device(device or default_device())
-        self.dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
-        self.data_config = get_data_config(data_config_name)(
-            embodiment_tag=embodiment_tag, use_fixed_view=use_fixed_view, max_view_num=max_view_num)
-        self.metadata_file = find_metadata_file(self.model_path, dataset_name)
-        self.dataset_metadata = load_metadata(self.metadata_file, dataset_name, metadata_variant,
-                                              stats_selection_mode)
-        trained_config = self.dataset_metadata.data_config
-        if trained_config is not None and trained_config != data_config_name:
-            raise ValueError(f"{self.metadata_file}: these statistics were computed with data config "
-                             f"{trained_config!r}, but data_config_name={data_config_name!r}; the model would get "
-                             f"different state/action slots than in training. Pass {trained_config!r}.")
-        check_embodiment_tag(embodiment_tag, self.dataset_metadata.embodiment_tag)
-        self.transform = EmbodimentTransform(self.data_config, self.dataset_metadata)
-        self.video_keys = inference_views(self.data_config)
-        self.embodiment_id = embodiment_id(embodiment_tag)
-
-        self.model = self._prepare_model(model or BeingH.from_pretrained(self.model_path), use_mpg, mpg_lambda)
+        self.dtype = resolve_dtype(self.device, dtype)
+        overrides = {"use_mpg": use_mpg, "mpg_lambda": mpg_lambda, "mpg_semantics": mpg_semantics,
+                     "mpg_seed": mpg_seed, "use_inference_prefix_overwrite": use_inference_prefix_overwrite}
+        parts = load_policy_parts(
+            model_path, data_config_name, dataset_name, embodiment_tag, instruction_template,
+            metadata_variant=metadata_variant, stats_selection_mode=stats_selection_mode, device=self.device,
+            dtype=self.dtype, config_overrides={k: v for k, v in overrides.items() if v is not None},
+            image_block_layout=image_block_layout, max_view_num=max_view_num, use_fixed_view=use_fixed_view,
+            model=model,
+        )  # fmt: skip
+        self.model, self.data_config, self.transform = parts.model, parts.data_config, parts.transform
+        self.metadata_file, self.dataset_metadata = parts.metadata_file, parts.dataset_metadata
+        self.prompt_builder, self.image_transform = parts.prompt_builder, parts.image_transform
+        self.video_keys, self.embodiment_id = parts.video_keys, parts.embodiment_id
         config = self.model.config
         self.num_inference_timesteps = (
             config.num_inference_timesteps if num_inference_timesteps is None else num_inference_timesteps)
@@ -151,23 +240,18 @@ class BeingHPolicy:
             raise ValueError(f"num_inference_timesteps must be > 0, got {self.num_inference_timesteps}")
         self.chunk_length = config.action_chunk_length
         self.use_prefix_cache = use_prefix_cache
-        self.image_transform = build_image_transform(config.force_image_size, train=False)
-        self.prompt_builder = PromptBuilder(load_tokenizer(self.model_path), config.tokens_per_image,
-                                            self.chunk_length, prompt_template=instruction_template,
-                                            attn_mode=config.attn_mode)
         self._layouts: dict[tuple[int, str], PackedBatch] = {}
         if compile:
             self._compile()
         self.flow_graphs = CUDAGraphSampler(self.model) if cuda_graph else None
 
         self.enable_rtc = enable_rtc
+        self.prefix_locking = enable_rtc and config.use_inference_prefix_overwrite
         self.rtc_inference_delay = rtc_inference_delay
         self.control_hz = self.dataset_metadata.fps if control_hz is None else control_hz
-        self.rtc_mode = rtc_mode(config.use_training_time_rtc) if enable_rtc else "off"
+        self.rtc_mode = rtc_mode(config.use_training_time_rtc) if self.prefix_locking else "off"
         self.rtc = self.new_rtc_state()
-        trained = "with" if config.use_training_time_rtc else "without"
-        logger.info("RTC: %s", f"{self.rtc_mode} (checkpoint trained {trained} training-time RTC)" if enable_rtc
-                    else "disabled (enable_rtc=False): chunks are sampled without a locked prefix")
+        self._log_settings()
 
         self.metadata: dict[str, Any] = {
             "model_path": str(self.model_path),
@@ -181,6 +265,8 @@ class BeingHPolicy:
             "chunk_length": self.chunk_length,
             "num_inference_timesteps": self.num_inference_timesteps,
             "image_size": config.force_image_size,
+            "image_block_layout": image_block_layout,
+            "mpg_semantics": config.mpg_semantics if config.mpg_active else None,
             "enable_rtc": enable_rtc,
             "rtc_mode": self.rtc_mode,
             "control_hz": self.control_hz,
@@ -188,14 +274,19 @@ class BeingHPolicy:
         }
 
     # ---- construction helpers ----------------------------------------------------------------
-    def _prepare_model(self, model: BeingH, use_mpg: bool | None, mpg_lambda: float | None) -> BeingH:
-        overrides = {k: v for k, v in (("use_mpg", use_mpg), ("mpg_lambda", mpg_lambda)) if v is not None}
-        if overrides:
-            model.config = model.config.with_overrides(overrides)
-        if model.config.mpg_active and not hasattr(model, "mpg"):
-            raise ValueError(f"use_mpg/mpg_lambda enable MPG but {self.model_path} has no mpg.* weights "
-                             "(the checkpoint was trained without MPG)")
-        return model.to(device=self.device, dtype=self.dtype).eval()
+    def _log_settings(self) -> None:
+        config = self.model.config
+        if not self.enable_rtc:
+            logger.info("RTC: disabled (enable_rtc=False): chunks are sampled without a locked prefix")
+        elif not self.prefix_locking:
+            logger.info("RTC: no prefix locking (use_inference_prefix_overwrite=False in %s/config.json); pass "
+                        "use_inference_prefix_overwrite=True to lock the committed steps", self.model_path)
+        else:
+            trained = "with" if config.use_training_time_rtc else "without"
+            logger.info("RTC: %s (checkpoint trained %s training-time RTC)", self.rtc_mode, trained)
+        if config.mpg_active:
+            logger.info("MPG: %s semantics, lambda %g, %d refinement pass(es)", config.mpg_semantics,
+                        config.mpg_lambda, config.mpg_refinement_iters)
 
     def _compile(self) -> None:
         if self.device.type != "cuda":
@@ -237,7 +328,8 @@ class BeingHPolicy:
         Observation keys: `video.*` (H, W, 3) uint8 (a leading batch dim of 1 is accepted),
         `state.*`, `language.instruction` (str or [str]); optional `executed_steps`,
         `inference_delay` and `prev_chunk` (see the class docstring). `rtc_state` defaults to the
-        policy's own history. `noise` (T, 200) fixes the flow's starting point.
+        policy's own history. `noise` (T, 200) fixes the flow's starting point; (passes, T, 200) fixes
+        that of every MPG sampling pass (`BeingH.sample_actions`).
         """
         start = time.perf_counter()
         check_observation_map(observations)
@@ -267,7 +359,7 @@ class BeingHPolicy:
                 executed_steps = check_steps(_scalar(executed_steps), "executed_steps")
             if inference_delay is not None:
                 inference_delay = check_steps(_scalar(inference_delay), "inference_delay")
-            if not self.enable_rtc:
+            if not self.prefix_locking:
                 return None
             if prev_chunk is not None:
                 if inference_delay is None:
@@ -328,9 +420,9 @@ class BeingHPolicy:
     @torch.inference_mode()
     def _sample_chunk(self, batch: PackedBatch, prefix: RTCPrefix | None,
                       noise: torch.Tensor | np.ndarray | None) -> np.ndarray:
-        if noise is not None:
-            noise = torch.as_tensor(np.asarray(noise, dtype=np.float32)).reshape(1, self.chunk_length, -1)
-            noise = noise.to(self.device)
+        if noise is not None:  # (T, 200), or (passes, T, 200): one per MPG sampling pass
+            noise = torch.as_tensor(np.asarray(noise, dtype=np.float32))
+            noise = noise.reshape(-1, 1, self.chunk_length, noise.shape[-1]).squeeze(0).to(self.device)
         prefix_actions, prefix_len = None, 0
         if prefix is not None:
             prefix_actions = torch.from_numpy(prefix.actions)[None].to(self.device)

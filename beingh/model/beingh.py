@@ -18,7 +18,7 @@ from beingh.batch import PackedBatch
 from beingh.model.action_head import ActionEncoder, SimpleMLP
 from beingh.model.attention import AttentionMask, TokenMeta, sample_ids_from_lens
 from beingh.model.config import BeingHConfig
-from beingh.model.flow import interpolate, masked_mse, sample_time, time_buckets
+from beingh.model.flow import interpolate, masked_squared_error, sample_time, time_buckets
 from beingh.model.mot import AttentionInputs, KVCache, MoTForCausalLM, StreamLayout
 from beingh.model.mpg import MPGEnhancement
 from beingh.model.rtc import fit_prefix, prefix_mask, sample_delays
@@ -36,9 +36,14 @@ HEAD_MODULES = (
 @dataclass
 class BeingHOutput:
     loss: torch.Tensor
+    """The pack's action loss: mean squared velocity error over its valid action elements."""
     action_loss: torch.Tensor
     metrics: dict[str, torch.Tensor]
     """Detached scalars for logging (no host sync happens inside the model)."""
+    action_loss_sum: torch.Tensor
+    """Sum of the squared errors behind `loss` (for normalising over several packs and ranks)."""
+    num_action_elements: torch.Tensor
+    """Number of valid action elements behind `loss` (fp32 scalar)."""
 
 
 @dataclass
@@ -91,7 +96,7 @@ class BeingH(nn.Module):
         if config.use_mpg:
             self.action_to_vlm_proj = nn.Linear(da, dv)
             self.vlm_to_action_proj = nn.Linear(dv, da)
-            self.mpg = MPGEnhancement(dv, da, dv, config.mpg_num_projections, config.mpg_seed)
+            self.mpg = MPGEnhancement(dv, da, dv, config.mpg_num_projections)
         self.init_weights()
         self.set_gradient_checkpointing(config.gradient_checkpointing)
 
@@ -193,9 +198,19 @@ class BeingH(nn.Module):
         return _Prefix(torch.cat(parts), torch.cat(index), state, meta)
 
     def _action_features(
-        self, x_t: torch.Tensor, t_tok: torch.Tensor, state: torch.Tensor, clean_actions: torch.Tensor | None
+        self,
+        x_t: torch.Tensor,
+        t_tok: torch.Tensor,
+        state: torch.Tensor,
+        clean_actions: torch.Tensor | None,
+        one_gate: bool = False,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Action-token inputs (B, T, d_expert); with MPG, the gated round trip through the VLM width."""
+        """Action-token inputs (B, T, d_expert); with MPG, the gated round trip through the VLM width.
+
+        `clean_actions` (B, T, 200) is the gate's evidence (ground truth in training, the previous pass at
+        inference); None means none yet: `fixed` gates with g = 0, `original` skips MPG altogether.
+        `one_gate`: the original's training call (one gate for the whole pack).
+        """
         cfg = self.config
         features = self.action_encoder(x_t, time_buckets(t_tok, cfg.num_timestep_buckets))
         if not cfg.mpg_active:
@@ -205,16 +220,29 @@ class BeingH(nn.Module):
                 "config enables MPG (use_mpg, mpg_lambda > 0) but the model was built without MPG modules; "
                 "build it with use_mpg=True or load a checkpoint that has mpg.* weights"
             )
+        original = cfg.mpg_semantics == "original"
+        if original and clean_actions is None:
+            return features, {}
         clean_emb = None
         if clean_actions is not None:
+            clean_bucket = 0 if original else cfg.num_timestep_buckets
             with torch.set_grad_enabled(torch.is_grad_enabled() and not cfg.mpg_use_stop_gradient):
-                full = torch.full(
-                    clean_actions.shape[:2], cfg.num_timestep_buckets, device=clean_actions.device
-                )
-                clean_emb = self.action_encoder(clean_actions, full)
-        obs = self.action_to_vlm_proj(torch.cat([state[:, None].to(features.dtype), features], dim=1))
+                buckets = torch.full(clean_actions.shape[:2], clean_bucket, device=clean_actions.device)
+                clean_emb = self.action_encoder(clean_actions, buckets)
+        if original:  # the original's all-zero VLM rows at the state positions, not passed through P_u
+            up = self.action_to_vlm_proj(features)
+            obs = torch.cat([up.new_zeros(up.shape[0], 1, up.shape[-1]), up], dim=1)
+        else:
+            obs = self.action_to_vlm_proj(torch.cat([state[:, None].to(features.dtype), features], dim=1))
         enhanced, gate, distance = self.mpg(
-            obs, clean_emb, cfg.mpg_lambda, cfg.mpg_gate_temperature, cfg.mpg_use_stop_gradient
+            obs,
+            clean_emb,
+            cfg.mpg_lambda,
+            cfg.mpg_gate_temperature,
+            cfg.mpg_use_stop_gradient,
+            seed=cfg.mpg_seed,
+            semantics=cfg.mpg_semantics,
+            one_gate=one_gate and original,
         )
         return self.vlm_to_action_proj(enhanced[:, 1:]), {
             "mpg_gate": gate.mean(),
@@ -277,20 +305,21 @@ class BeingH(nn.Module):
         x_t, target = interpolate(actions, noise, t_tok)
 
         prefix = self._embed_prefix(batch)
-        features, metrics = self._action_features(x_t, t_tok, prefix.state, clean_actions=actions)
+        features, metrics = self._action_features(x_t, t_tok, prefix.state, clean_actions=actions, one_gate=True)
         h_gen = torch.cat([prefix.state, features.reshape(b * t, -1).to(prefix.state.dtype)])
         gen_index = torch.cat([batch.state_indexes, batch.action_indexes.reshape(-1)])
         out_gen = self._decode(batch, prefix.meta, prefix.h_und, prefix.und_index, h_gen, gen_index)
         velocity = self.action_decoder(out_gen[b:]).view(b, t, -1)
 
-        action_loss = masked_mse(velocity, target, batch.action_mask & ~committed[..., None])
+        loss_sum, count = masked_squared_error(velocity, target, batch.action_mask & ~committed[..., None])
+        action_loss = loss_sum / (count + 1e-8)
         metrics = {
             "action_loss": action_loss.detach(),
             "rtc_delay_mean": rtc_delay.float().mean(),
             "flow_time_mean": time.mean(),
             **metrics,
         }
-        return BeingHOutput(loss=action_loss, action_loss=action_loss, metrics=metrics)
+        return BeingHOutput(action_loss, action_loss, metrics, loss_sum, count)
 
     # ---- inference -----------------------------------------------------------------------------------
     @torch.no_grad()
@@ -309,8 +338,10 @@ class BeingH(nn.Module):
         `prefix_len` (int or (B,)), the first `prefix_len` steps are locked to the previous chunk (RTC
         prefix overwrite: encoded at t=1, returned exactly). With `use_cache`, text/images/state are run
         once into a per-layer K/V cache and each Euler step runs only the action tokens (expert weights);
-        this works for any number of packed samples. With MPG, `1 + mpg_refinement_iters` passes are run
-        from the same noise, each gated by the previous pass's result.
+        this works for any number of packed samples. With MPG, `1 + mpg_refinement_iters` passes are run,
+        each gated by the previous pass's result (`fixed`: all from the same noise, the first with g = 0;
+        `original`: the first without MPG, the others from fresh noise). `noise` is (B, T, 200), or
+        (passes, B, T, 200) to fix every pass's starting noise.
         """
         steps = num_steps or self.config.num_inference_timesteps
         if use_cache:
@@ -331,9 +362,13 @@ class BeingH(nn.Module):
         b, t = batch.action.shape[:2]
         device = batch.action.device
         shape = (b, t, cfg.unified_dim)
-        noise = (
-            torch.randn(shape, device=device) if noise is None else _checked("noise", noise, shape).float()
-        )
+        passes = 1 + cfg.mpg_refinement_iters if cfg.mpg_active else 1
+        if noise is None:
+            noise = torch.randn(shape, device=device)
+        elif noise.ndim == 4:
+            noise = _checked("noise", noise, (passes, *shape)).float()
+        else:
+            noise = _checked("noise", noise, shape).float()
         locked = torch.zeros((b, t, 1), dtype=torch.bool, device=device)
         locked_values = torch.zeros(shape, device=device)
         if prefix_actions is not None:
@@ -370,12 +405,21 @@ class BeingH(nn.Module):
         # Per-token flow time of every Euler step, built before the loop (locked steps stay at t=1).
         step_times = [torch.where(locked[..., 0], 1.0, k / steps) for k in range(steps)]
         clean = None
-        for _ in range(1 + self.config.mpg_refinement_iters if self.config.mpg_active else 1):
-            x = torch.where(locked, locked_values, start.noise)
+        for p in range(1 + self.config.mpg_refinement_iters if self.config.mpg_active else 1):
+            x = torch.where(locked, locked_values, self._pass_noise(start.noise, p))
             for t_tok in step_times:
                 x = torch.where(locked, locked_values, x + velocity(x, t_tok, clean).float() / steps)
             clean = x
         return x
+
+    def _pass_noise(self, noise: torch.Tensor, p: int) -> torch.Tensor:
+        """Starting noise of sampling pass `p`: per-pass noise when given (P, B, T, 200); else the given
+        noise for every pass (`fixed`) or, as the original, fresh noise for each refinement pass (`original`)."""
+        if noise.ndim == 4:
+            return noise[p]
+        if p > 0 and self.config.mpg_semantics == "original":
+            return torch.randn_like(noise)
+        return noise
 
     def _full_velocity(self, batch: PackedBatch, prefix: _Prefix):
         """Velocity function that reruns the whole pack (reference path for the cache)."""

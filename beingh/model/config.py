@@ -15,8 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from beingh.batch import ATTN_MODES, UNIFIED_DIM
+from beingh.model.mpg import MPG_SEMANTICS
 
 ATTN_BACKENDS = ("auto", "sdpa", "flex")
+BEINGH_MARKER_KEY = "unified_dim"
+"""A top-level key every config.json beingh writes carries and the original's never does (the original
+hard-codes the 200-dim unified space). A release-layout file without it was written by the original."""
 
 
 @dataclass
@@ -83,19 +87,26 @@ class BeingHConfig:
     packs with it); the model reads the mask from the batch's `segment_ids`, so both use the same mask."""
     attn_backend: str = "auto"
     """"sdpa" (dense boolean mask), "flex" (BlockMask; compiled on CUDA) or "auto" (flex on CUDA for long packs)."""
-    # Manifold-preserving gating (reference/upstream_model.md §4, without §9.1's bugs).
+    # Manifold-preserving gating (reference/upstream_model.md §4; `beingh.model.mpg`).
     use_mpg: bool = False
     mpg_lambda: float = 0.0
     mpg_num_projections: int = 32
     mpg_refinement_iters: int = 1
     mpg_gate_temperature: float = 2.0
     mpg_use_stop_gradient: bool = True
-    mpg_seed: int = 0
+    mpg_semantics: str = "fixed"
+    """"original" (the original's computation, bugs included: what its checkpoints learned) or "fixed"
+    (beingh's, without §9.1's bugs). A config.json written by the original loads as "original"."""
+    mpg_seed: int | None = None
+    """Seed of the sliced-Wasserstein projections. None: "fixed" uses seed 0, "original" draws new
+    projections on every call from torch's RNG (as the original did)."""
     # Real-time chunking.
     use_training_time_rtc: bool = False
     simulated_delay: int = 0
     rtc_delay_exp_weight: bool = True
-    use_inference_prefix_overwrite: bool = False
+    use_inference_prefix_overwrite: bool = True
+    """Lock the committed start of a chunk at inference (RTC). A config.json written by the original
+    loads as True: its policy always set it, whatever the file said."""
     gradient_checkpointing: bool = False
 
     def __post_init__(self) -> None:
@@ -119,6 +130,8 @@ class BeingHConfig:
             raise ValueError(
                 f"patch grid {grid} is not divisible by 1/downsample_ratio ({self.downsample_ratio})"
             )
+        if self.mpg_semantics not in MPG_SEMANTICS:
+            raise ValueError(f"mpg_semantics must be one of {MPG_SEMANTICS}, got {self.mpg_semantics!r}")
         if self.simulated_delay is None:  # the original's "no delay"
             self.simulated_delay = 0
         if self.simulated_delay < 0:
@@ -185,6 +198,8 @@ class BeingHConfig:
         expert = expert_config_from_hf(llm_raw["expert_config"], where="llm_config.expert_config")
         vit = vision_config_from_hf(data["vit_config"], where="vit_config")
         top = _known_fields(cls, data, skip={"llm", "expert", "vit"})
+        if written_by_original(data):
+            top.update(mpg_semantics="original", use_inference_prefix_overwrite=True)
         return cls(llm=llm, expert=expert, vit=vit, **top)
 
     def to_release_dict(self) -> dict[str, Any]:
@@ -261,6 +276,15 @@ class BeingHConfig:
             return cls.from_release_dict(data) if "llm_config" in data else cls.from_dict(data)
         except (TypeError, ValueError) as err:
             raise ValueError(f"{path}: {err}") from err
+
+
+def written_by_original(data: dict[str, Any]) -> bool:
+    """True for a release-layout config.json written by the original implementation (no `unified_dim`).
+
+    Such a checkpoint learned the original's MPG (`mpg_semantics="original"`), and its
+    `use_inference_prefix_overwrite` is the unread training default (the original's policy always locked).
+    """
+    return "llm_config" in data and BEINGH_MARKER_KEY not in data
 
 
 def llm_config_from_hf(raw: dict[str, Any], where: str) -> LLMConfig:

@@ -30,7 +30,15 @@ def interpolate(
     return (1.0 - t) * noise + t * actions, actions - noise
 
 
+def masked_squared_error(
+    pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum of squared errors over the True entries of `mask`, number of True entries), in fp32."""
+    m = mask.float()
+    return ((pred.float() - target.float()).pow(2) * m).sum(), m.sum()
+
+
 def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean squared error over the True entries of `mask`, in fp32 (0 when nothing is valid)."""
-    m = mask.float()
-    return ((pred.float() - target.float()).pow(2) * m).sum() / (m.sum() + 1e-8)
+    total, count = masked_squared_error(pred, target, mask)
+    return total / (count + 1e-8)
