@@ -121,9 +121,37 @@ def test_num_tokens_counts_present_views_only(tokenizer):
     assert zero.num_tokens == one.num_tokens - (TPI + 2) and zero.pixel_values.shape[0] == 0
 
 
+def test_single_image_block_layout_wraps_all_views_in_one_pair(tokenizer):
+    """The original's server layout: <img> [V x TPI slots] </img>, positions still consecutive."""
+    vocab = tokenizer.get_vocab()
+    per_view = PromptBuilder(tokenizer, TPI, action_chunk_length=T).tokenize(_sample(), _pixels(3))
+    single = PromptBuilder(tokenizer, TPI, action_chunk_length=T, image_block_layout="single").tokenize(
+        _sample(), _pixels(3))
+    seq = single.input_ids.tolist()
+    start, end = seq.index(vocab[IMG_START]), seq.index(vocab[IMG_END])
+    assert seq.count(vocab[IMG_START]) == seq.count(vocab[IMG_END]) == 1
+    assert single.image_token_indexes.tolist() == list(range(start + 1, end)) and end - start - 1 == 3 * TPI
+    assert single.num_tokens == per_view.num_tokens - 4  # two <img>/</img> pairs fewer
+    assert single.position_ids.tolist() == list(range(single.num_tokens))
+    text = per_view.input_ids[per_view.image_token_indexes[-1] + 2:]
+    assert torch.equal(single.input_ids[end + 1:], text)  # everything after the images is unchanged
+    one_view = PromptBuilder(tokenizer, TPI, action_chunk_length=T, image_block_layout="single")
+    assert torch.equal(one_view.tokenize(_sample(), _pixels(1)).input_ids,
+                       PromptBuilder(tokenizer, TPI, action_chunk_length=T).tokenize(_sample(), _pixels(1)).input_ids)
+    with pytest.raises(ValueError, match="image_block_layout"):
+        PromptBuilder(tokenizer, TPI, image_block_layout="grid")
+
+
 def test_templates_and_errors(tokenizer):
     assert format_instruction("short", "open the drawer", 16) == "open the drawer"
     assert format_instruction("Do: {task_description}", "x", 16) == "Do: x"
+    # The original's template names the chunk length {k}.
+    original = "According to the instruction '{task_description}', what's the micro-step actions in the next {k} steps?"
+    assert format_instruction(original, "open it", 16) == (
+        "According to the instruction 'open it', what's the micro-step actions in the next 16 steps?"
+    )
+    with pytest.raises(ValueError, match=r"unknown placeholder 'robot'"):
+        format_instruction("{task} with {robot}", "x", 16)
     with pytest.raises(ValueError, match="prompt_template"):
         PromptBuilder(tokenizer, TPI, prompt_template="detail")
     with pytest.raises(ValueError, match="attn_mode"):
@@ -171,12 +199,13 @@ class _Item:
 
 
 class _Source:
-    def __init__(self, lengths):
+    def __init__(self, lengths, offset: int = 0):
         self.lengths = list(lengths)
+        self.offset = offset
         self.drawn = 0
 
     def __call__(self) -> _Item:
-        item = _Item(self.lengths[self.drawn % len(self.lengths)], self.drawn)
+        item = _Item(self.lengths[self.drawn % len(self.lengths)], self.offset + self.drawn)
         self.drawn += 1
         return item
 
@@ -192,7 +221,7 @@ def test_packer_never_loses_samples_and_respects_budget():
         total = sum(i.num_tokens for i in pack)
         assert 0 < total <= 300
         seen += [i.uid for i in pack]
-        assert len(packer.buffer) <= 3
+        assert len(packer.buffer) <= 2
     in_buffer = [i.uid for i in packer.buffer]
     assert sorted(seen + in_buffer) == list(range(source.drawn))
     assert len(set(seen)) == len(seen)
@@ -200,13 +229,41 @@ def test_packer_never_loses_samples_and_respects_budget():
 
 def test_packer_closes_at_expected_and_buffers_overflow():
     packer = TokenBudgetPacker(max_num_tokens=100, expected_num_tokens=90, prefer_buffer_before=50,
-                               max_buffer_size=1, max_num_tokens_per_sample=100)
+                               max_buffer_size=2, max_num_tokens_per_sample=100)
     source = _Source([60, 60, 30, 10])
     first = packer.next_pack(source)
     # 60 packed; next 60 overflows into the buffer; 30 fits (90 >= expected) -> close.
     assert [i.uid for i in first] == [0, 2] and [i.uid for i in packer.buffer] == [1]
     second = packer.next_pack(source)
     assert second[0].uid == 1  # the buffered sample comes first
+
+
+def test_packer_closes_the_pack_when_the_buffer_is_full():
+    packer = TokenBudgetPacker(max_num_tokens=100, expected_num_tokens=90, prefer_buffer_before=50,
+                               max_buffer_size=1, max_num_tokens_per_sample=100)
+    source = _Source([60, 60, 30, 10])
+    # 60 packed; 60 overflows and fills the buffer: the pack closes without drawing (nothing is dropped).
+    assert [i.uid for i in packer.next_pack(source)] == [0] and [i.uid for i in packer.buffer] == [1]
+    assert source.drawn == 2
+    assert [i.uid for i in packer.next_pack(source)] == [1, 2] and packer.buffer == []
+
+
+@pytest.mark.parametrize("max_buffer_size", [1, 2, 4])
+def test_packer_buffer_never_exceeds_max_buffer_size(max_buffer_size):
+    """Large samples that rarely fit, several mandatory sources: the buffer stays bounded, nothing is lost."""
+    rng = np.random.default_rng(max_buffer_size)
+    source = _Source(rng.integers(30, 100, size=997).tolist())
+    mandatory = [_Source(rng.integers(50, 100, size=101).tolist(), offset=10_000 * (i + 1)) for i in range(3)]
+    packer = TokenBudgetPacker(max_num_tokens=120, expected_num_tokens=110, prefer_buffer_before=60,
+                               max_buffer_size=max_buffer_size, max_num_tokens_per_sample=100)
+    packed = []
+    for _ in range(300):
+        pack = packer.next_pack(source, mandatory=mandatory)
+        assert pack and sum(i.num_tokens for i in pack) <= 120
+        assert len(packer.buffer) <= max_buffer_size
+        packed += [i.uid for i in pack]
+    drawn = list(range(source.drawn)) + [m.offset + k for m in mandatory for k in range(m.drawn)]
+    assert sorted(packed + [i.uid for i in packer.buffer]) == sorted(drawn)
 
 
 def test_packer_skips_oversized_with_count():
@@ -221,3 +278,9 @@ def test_packer_validates_arguments():
         TokenBudgetPacker(max_num_tokens=100, expected_num_tokens=200)
     with pytest.raises(ValueError, match="max_num_tokens_per_sample"):
         TokenBudgetPacker(max_num_tokens=100, expected_num_tokens=50, max_num_tokens_per_sample=200)
+    with pytest.raises(ValueError, match="prefer_buffer_before must be > 0"):
+        TokenBudgetPacker(max_num_tokens=100, expected_num_tokens=50, prefer_buffer_before=0,
+                          max_num_tokens_per_sample=100)
+    with pytest.raises(ValueError, match="max_buffer_size must be >= 1"):
+        TokenBudgetPacker(max_num_tokens=100, expected_num_tokens=50, prefer_buffer_before=10,
+                          max_buffer_size=0, max_num_tokens_per_sample=100)

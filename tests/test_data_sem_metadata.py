@@ -18,6 +18,7 @@ from beingh.data.metadata import (
     build_group_metadata,
     load_metadata,
     select_metadata,
+    training_statistics_only,
     training_variant,
     write_group_metadata,
 )
@@ -195,3 +196,33 @@ def test_metadata_records_the_data_config_and_merging_keeps_it_only_when_shared(
     assert "data_config" not in DatasetMetadata({}).to_dict()
     assert _merge_metadata([source("a", "metaworld"), source("b", "metaworld")], "t").data_config == "metaworld"
     assert _merge_metadata([source("a", "metaworld"), source("b", "libero_nonorm")], "t").data_config is None
+
+
+@pytest.mark.parametrize("stats_level", ["task", "embodiment", "merged"])
+def test_flat_metadata_holds_the_statistics_training_used(sources, tmp_path, stats_level):
+    """`--save_merged_metadata False`: one entry, the statistics every dataset was normalized with."""
+    franka = sources[:2]  # one embodiment, two datasets
+    doc = build_group_metadata("g", franka, stats_level)
+    used = select_metadata(doc, "g", training_variant(doc, "g", "libero_spatial") or "merged")
+    if stats_level == "task":  # each dataset has its own statistics: one entry cannot hold them
+        with pytest.raises(ValueError, match="2 different statistics"):
+            training_statistics_only(doc, "g")
+        single = build_group_metadata("g", franka[:1], stats_level)
+        flat = training_statistics_only(single, "g")
+        used = select_metadata(single, "g", "libero_spatial")
+    else:
+        flat = training_statistics_only(doc, "g")
+    assert set(flat) == {"g"} and flat["g"]["default_variant"] is None
+    loaded = select_metadata(flat, "g")
+    np.testing.assert_array_equal(_mean(loaded), _mean(used))
+    np.testing.assert_array_equal(loaded.stats_for("action.gripper").max, used.stats_for("action.gripper").max)
+    with pytest.raises(ValueError, match="no variant 'libero_object'"):
+        select_metadata(flat, "g", "libero_object")
+
+
+def test_flat_file_replaces_variants_and_refuses_cross_embodiment_groups(sources, tmp_path):
+    write_group_metadata(tmp_path, "uni", sources[:2])
+    file = write_group_metadata(tmp_path, "uni", sources[:2], hierarchical=False)
+    assert set(json.loads(file.read_text())) == {"uni"}  # the earlier `uni_variants` is gone
+    with pytest.raises(ValueError, match="only the hierarchical metadata records them all"):
+        write_group_metadata(tmp_path, "uni", sources, hierarchical=False)  # franka + robocasa

@@ -130,11 +130,33 @@ def test_unknown_argument_is_rejected(minimal, capsys):
         (["--mpg_refinement_iters", "-1"], "--mpg_refinement_iters"),
         (["--beta2", "1.0"], "--beta2 must be in [0, 1)"),
         (["--simulated_delay", "16"], "must be < --action_chunk_length"),
+        (["--prefer_buffer_before", "0"], "--prefer_buffer_before must be > 0"),
+        (["--max_buffer_size", "0"], "--max_buffer_size must be > 0"),
+        (["--max_consecutive_nonfinite_steps", "0"], "--max_consecutive_nonfinite_steps must be > 0"),
     ],
 )
 def test_contradictions_are_clear_errors(minimal, extra, message):
     with pytest.raises(ArgumentError, match=re.escape(message)):
         parse_args([*minimal, *extra])
+
+
+def test_down_sample_ratio_must_match_the_weights_folder(minimal, tmp_path):
+    ckpt = tmp_path / "ckpt"
+    (ckpt / "config.json").write_text('{"downsample_ratio": 0.5}')
+    assert parse_args(minimal).data.down_sample_ratio == 0.5
+    with pytest.raises(ArgumentError, match=re.escape("--down_sample_ratio 0.25 does not match downsample_ratio 0.5")):
+        parse_args([*minimal, "--down_sample_ratio", "0.25"])
+
+
+def test_new_training_options(minimal):
+    parsed = parse_args(minimal)
+    assert parsed.training.loss_normalization == "pack" and parsed.training.max_consecutive_nonfinite_steps == 5
+    assert parsed.mpg.mpg_semantics is None
+    chosen = parse_args([*minimal, "--loss_normalization", "global", "--mpg_semantics", "original"])
+    assert chosen.training.loss_normalization == "global" and chosen.mpg.mpg_semantics == "original"
+    for bad in (["--mpg_semantics", "buggy"], ["--loss_normalization", "token"]):
+        with pytest.raises(SystemExit):
+            parse_args([*minimal, *bad])
 
 
 def test_model_source_and_data_file_are_required(minimal, tmp_path):

@@ -76,7 +76,7 @@ def test_cli_trains_on_fixture_data(model_folders, tmp_path, capsys):
     assert f"final checkpoint: {out / '0000002'}" in capsys.readouterr().out
     ckpt = out / "0000002"
     metadata = json.loads((ckpt / "experiment_cfg" / "fixtures_v30_metadata.json").read_text())
-    assert {"fixtures_v30", "fixtures_v30_variants"} <= set(metadata)
+    assert set(metadata) == {"fixtures_v30"}  # --save_merged_metadata False: the statistics training used
     model = BeingH.from_pretrained(ckpt)
     assert model.config.force_image_size == 56
     assert all(torch.isfinite(torch.tensor(v)) for v in _losses(out))
@@ -103,3 +103,19 @@ def test_missing_dataset_is_a_clear_error(model_folders, tmp_path, capsys):
     assert main(_argv(model_folders, tmp_path / "out", 2, yaml=yaml)) == 2
     err = capsys.readouterr().err
     assert "beingh train: error:" in err and "/nonexistent/lerobot_dataset" in err
+
+
+def test_save_merged_metadata_is_honoured(model_folders, tmp_path, capsys):
+    """True writes every variant; False writes one entry, and refuses groups trained on several statistics."""
+    out = tmp_path / "merged"
+    assert main(_argv(model_folders, out, 1, "--save_merged_metadata", "True")) == 0
+    metadata = json.loads((out / "0000001" / "experiment_cfg" / "fixtures_v30_metadata.json").read_text())
+    assert set(metadata["fixtures_v30_variants"]) == {"../../tests/fixtures/lerobot/v30_av1",
+                                                      "../../tests/fixtures/lerobot/v30_h264", "metaworld"}
+    per_task = tmp_path / "per_task.yaml"
+    per_task.write_text(YAML.read_text().replace("  weight: 1", "  weight: 1\n  stats_level: task"))
+    per_task.write_text(per_task.read_text().replace("../../tests/fixtures", str(REPO_ROOT / "tests" / "fixtures")))
+    assert main(_argv(model_folders, tmp_path / "refused", 1, yaml=per_task)) == 2
+    err = capsys.readouterr().err
+    assert "--save_merged_metadata False: group 'fixtures_v30' normalizes its datasets with 2 different" in err
+    assert "pass --save_merged_metadata True" in err

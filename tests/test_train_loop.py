@@ -11,6 +11,7 @@ rank) exactly like the trainer's per-micro-batch seed, so 1 process with 2 accum
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import socket
@@ -32,6 +33,7 @@ from beingh.model.tiny import (
 from beingh.train.args import parse_args
 from beingh.train.build import TrainData
 from beingh.train.checkpoint import list_checkpoints
+from beingh.train.loss import NonFiniteStepError
 from beingh.train.trainer import train
 from tests.pickle_canary import assert_payload_is_live, plant
 
@@ -270,3 +272,90 @@ def test_out_of_memory_gives_hints(model_folders, tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="--grad_checkpoint True") as info:
         train(parse_args(_argv(model_folders, tmp_path / "oom", 2)), data_factory=indexed_data)
     assert "--max_num_tokens" in str(info.value) and "Tried to allocate" in str(info.value)
+
+
+class UnevenPacks(IndexedPacks):
+    """Packs of 1, 2 or 3 samples: their numbers of valid action elements differ."""
+
+    def __iter__(self):
+        while True:
+            index = self.position * self.world + self.rank
+            self.position += 1
+            yield synthetic_packed_batch(self.config, num_views=[1] * (1 + index % 3), seed=index)
+
+
+def uneven_data(args, tokenizer, info) -> TrainData:
+    data = indexed_data(args, tokenizer, info)
+    return TrainData(UnevenPacks(data.packs.config, info.rank, info.world_size), data.write_metadata)
+
+
+def _uneven_rank_main(rank: int, world: int, port: int, argv: list[str]) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
+    os.environ["LOCAL_RANK"] = str(rank)
+    torch.set_num_threads(1)
+    train(parse_args(argv), data_factory=uneven_data)
+
+
+def test_global_loss_normalisation_two_processes_match_one_process(model_folders, tmp_path):
+    one, two, pack = tmp_path / "one", tmp_path / "two", tmp_path / "pack"
+    global_norm = ("--loss_normalization", "global")
+    train(parse_args(_argv(model_folders, one, 2, "--gradient_accumulation_steps", "2", *global_norm)),
+          data_factory=uneven_data)
+    argv = _argv(model_folders, two, 2, *global_norm)
+    mp.spawn(_uneven_rank_main, args=(2, _free_port(), argv), nprocs=2, join=True)
+    train(parse_args(_argv(model_folders, pack, 2, "--gradient_accumulation_steps", "2")), data_factory=uneven_data)
+    w1 = BeingH.from_pretrained(one / "0000002").state_dict()
+    w2 = BeingH.from_pretrained(two / "0000002").state_dict()
+    assert all(torch.allclose(w1[k], w2[k], atol=1e-5) for k in w1)
+    w_pack = BeingH.from_pretrained(pack / "0000002").state_dict()
+    assert not all(torch.allclose(w1[k], w_pack[k], atol=1e-5) for k in w1)
+
+
+def _poison(steps_to_poison: set[int], kind: str):
+    """A `BeingH.forward` whose loss is NaN (kind "loss") or whose gradients are inf (kind "grad") on the
+    given 1-based calls (one call per step here)."""
+    original = BeingH.forward
+    calls = {"n": 0}
+
+    class InfGrad(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x.clone()
+
+        @staticmethod
+        def backward(ctx, grad):
+            return grad * float("inf")
+
+    def forward(self, batch, **kwargs):
+        output = original(self, batch, **kwargs)
+        calls["n"] += 1
+        if calls["n"] in steps_to_poison:
+            if kind == "loss":
+                output.loss = output.loss * float("nan")
+            else:
+                output.loss = InfGrad.apply(output.loss)
+        return output
+
+    return forward
+
+
+@pytest.mark.parametrize("kind", ["loss", "grad"])
+def test_non_finite_step_is_skipped_and_counted(model_folders, tmp_path, monkeypatch, kind):
+    out = tmp_path / kind
+    monkeypatch.setattr(BeingH, "forward", _poison({2}, kind))
+    train(parse_args(_argv(model_folders, out, 3, "--save_steps", "1")), data_factory=indexed_data)
+    before, after = (BeingH.from_pretrained(out / f"000000{s}").state_dict() for s in (1, 2))
+    assert all(torch.equal(before[k], after[k]) for k in before)  # step 2 updated nothing
+    third = BeingH.from_pretrained(out / "0000003").state_dict()
+    assert not all(torch.equal(after[k], third[k]) for k in after)  # training went on
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["nonfinite_skipped_steps"] for r in records] == [0, 1, 1]
+    assert "loss" not in records[1] and all(math.isfinite(r["loss"]) for r in (records[0], records[2]))
+    assert "step 2: non-finite" in (out / "training.log").read_text()
+
+
+def test_too_many_non_finite_steps_in_a_row_stop_the_run(model_folders, tmp_path, monkeypatch):
+    monkeypatch.setattr(BeingH, "forward", _poison({2, 3}, "loss"))
+    argv = _argv(model_folders, tmp_path / "nan", 4, "--max_consecutive_nonfinite_steps", "2")
+    with pytest.raises(NonFiniteStepError, match="2 consecutive steps"):
+        train(parse_args(argv), data_factory=indexed_data)

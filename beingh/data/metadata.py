@@ -1,6 +1,7 @@
 """Dataset metadata (statistics + modality shapes + embodiment) and the hierarchical `<group>_metadata.json`.
 
-File layout (written at training start into `<output_dir>/experiment_cfg/`, copied into checkpoints):
+File layout (written at training start into `<output_dir>/experiment_cfg/`, copied into checkpoints;
+`--save_merged_metadata False` writes the group entry alone, holding the statistics training used):
 
     {
       "<group>": {statistics, modalities, embodiment_tag,       # stats merged over ALL datasets
@@ -247,13 +248,41 @@ def training_variant(document: Mapping[str, Any], group: str, dataset_name: str)
     return None
 
 
+def training_statistics_only(document: Mapping[str, Any], group: str) -> dict:
+    """The `{group: ...}` document without variants (`--save_merged_metadata False`): its top level is the
+    one set of statistics every dataset of the group was normalized with in training.
+
+    Raises when the datasets were normalized with different statistics (per-task or per-embodiment
+    levels over several datasets/embodiments): one flat entry cannot record them.
+    """
+    top, variants = _group_entries(document, group)
+    used = {training_variant(document, group, name) for name in top["datasets"]}
+    if len(used) > 1:
+        names = sorted(str(name) for name in used)
+        raise ValueError(f"group {group!r} normalizes its datasets with {len(used)} different statistics "
+                         f"(variants {names}, stats_level {top['stats_level']!r}); only the hierarchical "
+                         "metadata records them all")
+    (name,) = used
+    chosen = top if name is None else variants[name]
+    kept = {k: v for k, v in chosen.items() if k in ("statistics", "modalities", "embodiment_tag", "data_config")}
+    return {group: {**kept, "stats_level": top["stats_level"], "default_variant": None,
+                    "datasets": top["datasets"], "num_frames": top["num_frames"]}}
+
+
 def write_group_metadata(path: str | Path, group: str, sources: Sequence[MetadataSource],
-                         stats_level: str = "auto") -> Path:
-    """Write (or update, keeping other groups) `<group>_metadata.json`; `path` is the file or its folder."""
+                         stats_level: str = "auto", hierarchical: bool = True) -> Path:
+    """Write (or update, keeping other groups) `<group>_metadata.json`; `path` is the file or its folder.
+
+    `hierarchical=False` writes only the statistics training used (`training_statistics_only`).
+    """
     path = Path(path)
     file = path / f"{group}_metadata.json" if path.suffix != ".json" else path
     document = json.loads(file.read_text()) if file.is_file() else {}
-    document.update(build_group_metadata(group, sources, stats_level))
+    entries = build_group_metadata(group, sources, stats_level)
+    if not hierarchical:
+        entries = training_statistics_only(entries, group)
+        document.pop(f"{group}_variants", None)
+    document.update(entries)
     file.parent.mkdir(parents=True, exist_ok=True)
     tmp = file.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(document, indent=2))

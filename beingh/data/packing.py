@@ -62,10 +62,11 @@ class TokenBudgetPacker:
     """Decides which samples go into each pack (reference §8.1, without its data loss).
 
     A pack is closed once it holds >= `expected_num_tokens`, never exceeding `max_num_tokens`. A drawn
-    sample that does not fit waits in the overflow buffer (up to `max_buffer_size`); while the pack is
-    shorter than `prefer_buffer_before`, buffered samples are used first. When the buffer is full the
-    pack is closed and the sample opens the next pack. Samples longer than `max_num_tokens_per_sample`
-    are skipped and counted in `num_skipped`.
+    sample that does not fit waits in the overflow buffer; while the pack is shorter than
+    `prefer_buffer_before`, buffered samples are used first. The buffer never holds more than
+    `max_buffer_size` samples: once it is full, the pack is closed instead of drawing another sample (the
+    reference closed it one draw later and dropped that sample), and the next pack starts from the buffer.
+    Samples longer than `max_num_tokens_per_sample` are skipped and counted in `num_skipped`.
 
     Items are anything with `num_tokens`; `buffer` is public so a caller can save and restore it.
     """
@@ -87,8 +88,12 @@ class TokenBudgetPacker:
                 f"max_num_tokens_per_sample ({max_num_tokens_per_sample}) must be in "
                 f"(0, max_num_tokens={max_num_tokens}]"
             )
-        if max_buffer_size < 0:
-            raise ValueError(f"max_buffer_size must be >= 0, got {max_buffer_size}")
+        if max_buffer_size < 1:
+            raise ValueError(f"max_buffer_size must be >= 1 (a sample that does not fit waits there), got {max_buffer_size}")
+        if prefer_buffer_before <= 0:
+            raise ValueError(
+                f"prefer_buffer_before must be > 0, got {prefer_buffer_before}: the buffer would never be drained"
+            )
         self.max_num_tokens = max_num_tokens
         self.expected_num_tokens = expected_num_tokens
         self.prefer_buffer_before = prefer_buffer_before
@@ -111,10 +116,13 @@ class TokenBudgetPacker:
             )
 
     def next_pack(self, draw: Callable[[], Item], mandatory: Sequence[Callable[[], Item]] = ()) -> list[Item]:
-        """Items of the next pack. `draw` gives the next sample; each `mandatory` source gives one per pack."""
+        """Items of the next pack. `draw` gives the next sample; each `mandatory` source gives one per pack
+        (while the buffer has room for it should it not fit; the first always fits the empty pack)."""
         pack: list[Item] = []
         total = 0
         for draw_mandatory in mandatory:
+            if pack and len(self.buffer) >= self.max_buffer_size:
+                break
             item = self._draw_fitting(draw_mandatory)
             if total + item.num_tokens > self.max_num_tokens:
                 self.buffer.insert(0, item)
@@ -124,17 +132,16 @@ class TokenBudgetPacker:
         use_buffer = True
         while True:
             from_buffer = use_buffer and bool(self.buffer) and total < self.prefer_buffer_before
+            if not from_buffer and len(self.buffer) >= self.max_buffer_size:
+                return pack
             item = self.buffer.pop(0) if from_buffer else self._draw_fitting(draw)
             if total + item.num_tokens > self.max_num_tokens:
-                if from_buffer:
+                if from_buffer:  # keep its place; the rest of this pack comes from fresh samples
                     self.buffer.insert(0, item)
                     use_buffer = False
-                    continue
-                if len(self.buffer) < self.max_buffer_size:
+                else:
                     self.buffer.append(item)
-                    continue
-                self.buffer.insert(0, item)
-                return pack
+                continue
             pack.append(item)
             total += item.num_tokens
             if total >= self.expected_num_tokens:

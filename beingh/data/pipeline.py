@@ -43,6 +43,7 @@ from beingh.data.metadata import (
     build_dataset_metadata,
     build_group_metadata,
     select_metadata,
+    training_statistics_only,
     training_variant,
     write_group_metadata,
 )
@@ -344,9 +345,16 @@ class TrainLoader:
     def group_metadata(self) -> list[GroupMetadata]:
         return self.metadata
 
-    def write_metadata(self, directory: str | Path) -> list[Path]:
-        """Write `<directory>/<group>_metadata.json` for every group."""
-        return [write_group_metadata(directory, m.name, m.sources, m.stats_level) for m in self.metadata]
+    def check_metadata(self, hierarchical: bool) -> None:
+        """Raise now if `write_metadata(..., hierarchical)` cannot record a group's training statistics."""
+        if not hierarchical:
+            for m in self.metadata:
+                training_statistics_only(build_group_metadata(m.name, m.sources, m.stats_level), m.name)
+
+    def write_metadata(self, directory: str | Path, hierarchical: bool = True) -> list[Path]:
+        """Write `<directory>/<group>_metadata.json` for every group (see `write_group_metadata`)."""
+        return [write_group_metadata(directory, m.name, m.sources, m.stats_level, hierarchical)
+                for m in self.metadata]
 
 
 def _load_group(group: DatasetGroup, group_id: int, data_args: DataArgs, action_chunk_length: int, seed: int,

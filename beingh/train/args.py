@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import types
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,8 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 from beingh.batch import ATTN_MODES
 from beingh.data.pipeline import DataArgs, SequenceArgs
 from beingh.model.loading import checkpoint_files
+from beingh.model.mpg import MPG_SEMANTICS
+from beingh.train.loss import LOSS_NORMALIZATIONS
 
 
 class ArgumentError(ValueError):
@@ -77,12 +80,29 @@ class TrainingArgs:
     save_merged_metadata: bool = field(
         default=False,
         metadata=_help(
-            "Accepted for the guide's scripts: <group>_metadata.json is always hierarchical (merged, "
-            "per-task and per-embodiment statistics)"
+            "Write hierarchical <group>_metadata.json (merged, per-task and per-embodiment statistics); "
+            "False writes only the statistics training normalized with, which requires every dataset of "
+            "a group to share them (cross-embodiment groups need True)"
         ),
     )
     keep_last_n_checkpoints: int = field(
         default=0, metadata=_help("Delete older step checkpoints, keeping this many (0 = keep all)")
+    )
+    loss_normalization: str = field(
+        default="pack",
+        metadata=_help(
+            "`pack`: each pack's loss is the mean over its valid action elements, packs averaged (the "
+            "original's); `global`: squared errors summed over the step's micro-batches and ranks, divided "
+            "by their total number of valid action elements (torchtitan's; every element weighs the same)",
+            choices=LOSS_NORMALIZATIONS,
+        ),
+    )
+    max_consecutive_nonfinite_steps: int = field(
+        default=5,
+        metadata=_help(
+            "A step whose loss or gradient norm is NaN/inf is skipped (no update); stop the run after this "
+            "many consecutive skipped steps"
+        ),
     )
 
 
@@ -132,6 +152,15 @@ class MPGArgs:
     mpg_refinement_iters: int = field(default=1, metadata=_help("Inference refinement iterations"))
     mpg_gate_temperature: float = field(default=1.0, metadata=_help("Gate temperature"))
     mpg_use_stop_gradient: bool = field(default=True, metadata=_help("Stop gradient on gate"))
+    mpg_semantics: str | None = field(
+        default=None,
+        metadata=_help(
+            "MPG computation: `original` (the original's, what its released checkpoints learned) or "
+            "`fixed` (beingh's, without the original's bugs). Default: the --resume_from checkpoint's "
+            "(`original` for one written by the original), else `fixed`",
+            choices=MPG_SEMANTICS,
+        ),
+    )
 
 
 @dataclass
@@ -273,8 +302,34 @@ def _check_dir(path: str, argument: str, must_contain: str | None = None) -> Non
 
 
 def validate(args: TrainArgs) -> None:
-    """Reject contradictions and missing files before any heavy work starts."""
-    p, t, s, m = args.paths, args.training, args.sequence, args.model
+    """Reject contradictions and missing files before any heavy work starts (one check per group)."""
+    for check in (
+        _check_paths,
+        _check_training,
+        _check_model,
+        _check_data,
+        _check_sequence,
+        _check_mpg,
+        _check_rtc,
+    ):
+        check(args)
+
+
+def _require_positive(values: dict[str, float]) -> None:
+    for name, value in values.items():
+        if value <= 0:
+            raise ArgumentError(f"--{name} must be > 0, got {value}")
+
+
+def _require_nonnegative(values: dict[str, float]) -> None:
+    for name, value in values.items():
+        if value < 0:
+            raise ArgumentError(f"--{name} must be >= 0, got {value}")
+
+
+def _check_paths(args: TrainArgs) -> None:
+    """A model source, existing folders and files, a tokenizer, and a resume mode the checkpoint allows."""
+    p, m = args.paths, args.model
     if not p.mllm_path and not p.resume_from:
         raise ArgumentError("give --mllm_path (with --expert_path) to build a model, or --resume_from")
     if p.mllm_path:
@@ -296,56 +351,106 @@ def validate(args: TrainArgs) -> None:
         raise ArgumentError(
             "--resume_model_only True needs --resume_from (the checkpoint to take weights from)"
         )
+    if not m.resume_model_only and p.resume_from and not is_full_state_checkpoint(Path(p.resume_from)):
+        # A released checkpoint has weights only; a full resume from it is a user error, not a silent restart.
+        raise ArgumentError(
+            f"--resume_from {p.resume_from} has no training state (train_state/); "
+            "pass --resume_model_only True to start a new run from its weights"
+        )
     if not Path(p.dataset_config_file).is_file():
         raise ArgumentError(f"--dataset_config_file: file not found: {p.dataset_config_file}")
-    positive = {
-        "max_steps": t.max_steps,
-        "save_steps": t.save_steps,
-        "logging_steps": t.logging_steps,
-        "gradient_accumulation_steps": t.gradient_accumulation_steps,
-        "max_num_tokens": s.max_num_tokens,
-        "expected_num_tokens": s.expected_num_tokens,
-        "max_buffer_size": s.max_buffer_size,
-        "action_chunk_length": m.action_chunk_length,
-        "num_inference_timesteps": m.num_inference_timesteps,
-        "force_image_size": args.data.force_image_size,
-        "mpg_num_projections": args.mpg.mpg_num_projections,
-    }
-    for name, value in positive.items():
-        if value <= 0:
-            raise ArgumentError(f"--{name} must be > 0, got {value}")
-    nonnegative = {
-        "save_steps_start": t.save_steps_start,
-        "keep_last_n_checkpoints": t.keep_last_n_checkpoints,
-        "num_workers": args.data.num_workers,
-        "learning_rate": t.learning_rate,
-        "weight_decay": t.weight_decay,
-        "min_lr": t.min_lr,
-        "simulated_delay": args.rtc.simulated_delay,
-    }
-    for name, value in nonnegative.items():
-        if value < 0:
-            raise ArgumentError(f"--{name} must be >= 0, got {value}")
-    mpg = args.mpg
-    if mpg.mpg_gate_temperature <= 0:
-        raise ArgumentError(f"--mpg_gate_temperature must be > 0, got {mpg.mpg_gate_temperature}")
-    if mpg.mpg_lambda < 0 or mpg.mpg_refinement_iters < 0:
-        raise ArgumentError(
-            f"--mpg_lambda ({mpg.mpg_lambda}) and --mpg_refinement_iters ({mpg.mpg_refinement_iters}) must be >= 0"
-        )
+
+
+def _check_training(args: TrainArgs) -> None:
+    t = args.training
+    _require_positive(
+        {
+            "max_steps": t.max_steps,
+            "save_steps": t.save_steps,
+            "logging_steps": t.logging_steps,
+            "gradient_accumulation_steps": t.gradient_accumulation_steps,
+            "eps": t.eps,
+            "max_consecutive_nonfinite_steps": t.max_consecutive_nonfinite_steps,
+        }
+    )
+    _require_nonnegative(
+        {
+            "save_steps_start": t.save_steps_start,
+            "keep_last_n_checkpoints": t.keep_last_n_checkpoints,
+            "learning_rate": t.learning_rate,
+            "weight_decay": t.weight_decay,
+            "min_lr": t.min_lr,
+        }
+    )
     for name in ("beta1", "beta2"):
         if not 0.0 <= getattr(t, name) < 1.0:
             raise ArgumentError(f"--{name} must be in [0, 1), got {getattr(t, name)}")
-    if t.eps <= 0:
-        raise ArgumentError(f"--eps must be > 0, got {t.eps}")
-    for name in ("vit_dropout_prob", "state_dropout_prob"):
-        value = getattr(args.data, name)
-        if not 0.0 <= value < 1.0:
-            raise ArgumentError(f"--{name} must be in [0, 1), got {value}")
     if not 0.0 <= t.warmup_ratio < 1.0:
         raise ArgumentError(f"--warmup_ratio must be in [0, 1), got {t.warmup_ratio}")
     if t.min_lr > t.learning_rate:
         raise ArgumentError(f"--min_lr ({t.min_lr}) is larger than --learning_rate ({t.learning_rate})")
+    if t.loss_normalization not in LOSS_NORMALIZATIONS:
+        raise ArgumentError(
+            f"--loss_normalization must be one of {LOSS_NORMALIZATIONS}, got {t.loss_normalization!r}"
+        )
+
+
+def _check_model(args: TrainArgs) -> None:
+    m = args.model
+    _require_positive(
+        {"action_chunk_length": m.action_chunk_length, "num_inference_timesteps": m.num_inference_timesteps}
+    )
+    if not m.use_flow_matching:
+        raise ArgumentError("--use_flow_matching False is not supported: the action head is flow matching")
+    if not m.use_expert:
+        raise ArgumentError("--use_expert False is not supported: actions are produced by the MoT expert")
+    if m.layer_module != "Qwen3MoTDecoderLayer":
+        raise ArgumentError(f"--layer_module must be Qwen3MoTDecoderLayer, got {m.layer_module!r}")
+    if m.conv_style != "being_h0":
+        raise ArgumentError(f"--conv_style must be being_h0, got {m.conv_style!r}")
+
+
+def _check_data(args: TrainArgs) -> None:
+    d = args.data
+    _require_positive({"force_image_size": d.force_image_size, "down_sample_ratio": d.down_sample_ratio})
+    _require_nonnegative({"num_workers": d.num_workers, "max_bad_samples": d.max_bad_samples})
+    for name in ("vit_dropout_prob", "state_dropout_prob"):
+        value = getattr(d, name)
+        if not 0.0 <= value < 1.0:
+            raise ArgumentError(f"--{name} must be in [0, 1), got {value}")
+    if d.num_workers > 0 and d.prefetch_factor <= 0:
+        raise ArgumentError(f"--prefetch_factor must be > 0 with workers, got {d.prefetch_factor}")
+    _check_down_sample_ratio(args)
+
+
+def _check_down_sample_ratio(args: TrainArgs) -> None:
+    """--down_sample_ratio must equal the ratio of the folder the ViT/connector weights come from: it sets
+    the pixel shuffle, hence the connector's input width and the image tokens per view."""
+    source = args.paths.resume_from or args.paths.mllm_path
+    config_file = Path(source) / "config.json"
+    try:
+        stored = json.loads(config_file.read_text()).get("downsample_ratio")
+    except (OSError, json.JSONDecodeError) as err:
+        raise ArgumentError(f"cannot read {config_file}: {err}") from err
+    if stored is not None and float(stored) != args.data.down_sample_ratio:
+        raise ArgumentError(
+            f"--down_sample_ratio {args.data.down_sample_ratio} does not match downsample_ratio {stored} of "
+            f"{config_file}: the pixel-shuffle ratio fixes the connector's input width of those weights; "
+            f"pass --down_sample_ratio {stored}"
+        )
+
+
+def _check_sequence(args: TrainArgs) -> None:
+    s = args.sequence
+    _require_positive(
+        {
+            "max_num_tokens": s.max_num_tokens,
+            "expected_num_tokens": s.expected_num_tokens,
+            "max_num_tokens_per_sample": s.max_num_tokens_per_sample,
+            "max_buffer_size": s.max_buffer_size,
+            "prefer_buffer_before": s.prefer_buffer_before,
+        }
+    )
     if s.expected_num_tokens > s.max_num_tokens:
         raise ArgumentError(
             f"--expected_num_tokens ({s.expected_num_tokens}) exceeds --max_num_tokens ({s.max_num_tokens})"
@@ -362,28 +467,27 @@ def validate(args: TrainArgs) -> None:
             f"--prefer_buffer_before ({s.prefer_buffer_before}) exceeds --expected_num_tokens "
             f"({s.expected_num_tokens})"
         )
-    if args.data.num_workers > 0 and args.data.prefetch_factor <= 0:
-        raise ArgumentError(f"--prefetch_factor must be > 0 with workers, got {args.data.prefetch_factor}")
-    if not m.use_flow_matching:
-        raise ArgumentError("--use_flow_matching False is not supported: the action head is flow matching")
-    if not m.use_expert:
-        raise ArgumentError("--use_expert False is not supported: actions are produced by the MoT expert")
-    if m.layer_module != "Qwen3MoTDecoderLayer":
-        raise ArgumentError(f"--layer_module must be Qwen3MoTDecoderLayer, got {m.layer_module!r}")
-    if m.conv_style != "being_h0":
-        raise ArgumentError(f"--conv_style must be being_h0, got {m.conv_style!r}")
-    if args.rtc.use_training_time_rtc and args.rtc.simulated_delay < 1:
+
+
+def _check_mpg(args: TrainArgs) -> None:
+    mpg = args.mpg
+    _require_positive(
+        {"mpg_num_projections": mpg.mpg_num_projections, "mpg_gate_temperature": mpg.mpg_gate_temperature}
+    )
+    _require_nonnegative({"mpg_lambda": mpg.mpg_lambda, "mpg_refinement_iters": mpg.mpg_refinement_iters})
+    if mpg.mpg_semantics is not None and mpg.mpg_semantics not in MPG_SEMANTICS:
+        raise ArgumentError(f"--mpg_semantics must be one of {MPG_SEMANTICS}, got {mpg.mpg_semantics!r}")
+
+
+def _check_rtc(args: TrainArgs) -> None:
+    rtc = args.rtc
+    _require_nonnegative({"simulated_delay": rtc.simulated_delay})
+    if rtc.use_training_time_rtc and rtc.simulated_delay < 1:
         raise ArgumentError("--use_training_time_rtc True needs --simulated_delay >= 1")
-    if args.rtc.simulated_delay >= m.action_chunk_length:
+    if rtc.simulated_delay >= args.model.action_chunk_length:
         raise ArgumentError(
-            f"--simulated_delay ({args.rtc.simulated_delay}) must be < --action_chunk_length "
-            f"({m.action_chunk_length})"
-        )
-    if m.resume_model_only is False and p.resume_from and not is_full_state_checkpoint(Path(p.resume_from)):
-        # A released checkpoint has weights only; a full resume from it is a user error, not a silent restart.
-        raise ArgumentError(
-            f"--resume_from {p.resume_from} has no training state (train_state/); "
-            "pass --resume_model_only True to start a new run from its weights"
+            f"--simulated_delay ({rtc.simulated_delay}) must be < --action_chunk_length "
+            f"({args.model.action_chunk_length})"
         )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -13,7 +14,7 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_
 
 from beingh.batch import PackedBatch
 from beingh.data.tokenizer import load_tokenizer
-from beingh.train.args import TrainArgs, tokenizer_folder
+from beingh.train.args import ArgumentError, TrainArgs, tokenizer_folder
 from beingh.train.distributed import DistInfo, apply_fsdp, barrier, broadcast_buffers, broadcast_object
 from beingh.train.freeze import FreezeReport, apply_freeze
 from beingh.train.metrics import LOG
@@ -43,9 +44,15 @@ DataFactory = Callable[[TrainArgs, Any, DistInfo], TrainData]
 
 
 def model_overrides(args: TrainArgs) -> dict[str, Any]:
-    """The BeingHConfig fields a run sets from its arguments (architecture comes from the checkpoint)."""
+    """The BeingHConfig fields a run sets from its arguments (architecture comes from the checkpoint).
+
+    `mpg_semantics` is set only when --mpg_semantics is given; otherwise a --resume_from checkpoint keeps
+    its own (`original` when the original wrote it) and a new model gets the config default (`fixed`).
+    """
     d, m, mpg, rtc = args.data, args.model, args.mpg, args.rtc
+    chosen = {"mpg_semantics": mpg.mpg_semantics} if mpg.mpg_semantics is not None else {}
     return {
+        **chosen,
         "force_image_size": d.force_image_size,
         "downsample_ratio": d.down_sample_ratio,
         "action_chunk_length": m.action_chunk_length,
@@ -111,6 +118,9 @@ def build_train_model(args: TrainArgs, tokenizer: Any) -> Any:
             args.paths.mllm_path, args.paths.expert_path, overrides, vocab_size=len(tokenizer)
         )
         LOG.info("built model from %s and expert config %s", args.paths.mllm_path, args.paths.expert_path)
+    config = model.config
+    if config.mpg_active:
+        LOG.info("MPG semantics: %s (set --mpg_semantics to choose)", config.mpg_semantics)
     return model
 
 
@@ -165,4 +175,9 @@ def build_data(args: TrainArgs, tokenizer: Any, info: DistInfo) -> TrainData:
     barrier()
     if loader is None:
         loader = build()
-    return TrainData(loader, loader.write_metadata)
+    hierarchical = args.training.save_merged_metadata
+    try:
+        loader.check_metadata(hierarchical)
+    except ValueError as err:
+        raise ArgumentError(f"--save_merged_metadata False: {err}; pass --save_merged_metadata True") from err
+    return TrainData(loader, partial(loader.write_metadata, hierarchical=hierarchical))

@@ -58,6 +58,10 @@ class MetricTracker:
         self.history: list[dict[str, float]] = []
         self._sums: dict[str, torch.Tensor] = {}
         self._micro_batches = 0
+        self._step_sums: dict[str, torch.Tensor] = {}
+        self._step_micro_batches = 0
+        self.skipped_steps = 0
+        """Steps whose update was skipped (non-finite loss or gradient norm) since the run started."""
         self._samples = 0
         self._tokens = 0
         self._interval_start = time.perf_counter()
@@ -85,10 +89,8 @@ class MetricTracker:
 
     def add_micro_batch(self, metrics: dict[str, torch.Tensor], num_samples: int, num_tokens: int) -> None:
         """Record one micro-batch's scalar metrics (detached; summed on device, no host sync)."""
-        for name, value in metrics.items():
-            value = value.detach().float()
-            self._sums[name] = self._sums[name] + value if name in self._sums else value.clone()
-        self._micro_batches += 1
+        _accumulate(self._step_sums, metrics)
+        self._step_micro_batches += 1
         self._samples += num_samples
         self._tokens += num_tokens
 
@@ -101,6 +103,7 @@ class MetricTracker:
             "samples": self._samples,
             "tokens": self._tokens,
             "elapsed_s": time.perf_counter() - self._interval_start,
+            "skipped_steps": self.skipped_steps,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -112,8 +115,18 @@ class MetricTracker:
         self._samples = int(state["samples"])
         self._tokens = int(state["tokens"])
         self._interval_start = time.perf_counter() - float(state["elapsed_s"])
+        self.skipped_steps = int(state.get("skipped_steps", 0))
 
-    def step_done(self) -> None:
+    def step_done(self, applied: bool = True) -> None:
+        """Close the step: its metrics join the interval averages unless its update was skipped (a
+        non-finite step must not turn the logged averages into NaN); its samples and tokens always count."""
+        if applied:
+            _accumulate(self._sums, self._step_sums)
+            self._micro_batches += self._step_micro_batches
+        else:
+            self.skipped_steps += 1
+        self._step_sums = {}
+        self._step_micro_batches = 0
         if self.bar is not None:
             self.bar.update(1)
 
@@ -140,6 +153,7 @@ class MetricTracker:
             samples_per_s=samples / elapsed,
             tokens_per_s=tokens / elapsed,
             eta_s=(self.max_steps - step) / rate if rate > 0 else float("nan"),
+            nonfinite_skipped_steps=self.skipped_steps,
             **(extra or {}),
         )
         self._sums.clear()
@@ -164,6 +178,12 @@ class MetricTracker:
         self.writer.close()
         if self.history:
             plot_loss_curve(self.history, self.output_dir / "loss_curve.png")
+
+
+def _accumulate(sums: dict[str, torch.Tensor], values: dict[str, torch.Tensor]) -> None:
+    for name, value in values.items():
+        value = value.detach().float()
+        sums[name] = sums[name] + value if name in sums else value.clone()
 
 
 def _earlier_records(path: Path, start_step: int) -> list[dict[str, float]]:
@@ -195,8 +215,9 @@ def plot_loss_curve(history: list[dict[str, float]], path: Path) -> None:
 
     steps = [r["step"] for r in history]
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    for name in sorted(k for k in history[0] if k.endswith("loss")):
-        ax.plot(steps, [r[name] for r in history], label=name)
+    for name in sorted({k for r in history for k in r if k.endswith("loss")}):
+        # An interval whose steps were all skipped (non-finite) has no loss: a gap in the curve.
+        ax.plot(steps, [r.get(name, float("nan")) for r in history], label=name)
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.grid(alpha=0.3)

@@ -3,7 +3,9 @@
 One optimizer step consumes `gradient_accumulation_steps` packs per rank. Exactly `max_steps` steps run
 (the reference ran max_steps + 2). The torch RNG is reseeded before every micro-batch from its index
 in the global stream (see `micro_batch_seed`), so noise differs across ranks and a resumed run
-continues exactly where an uninterrupted one would be.
+continues exactly where an uninterrupted one would be. Before `optimizer.step()`, every step checks its
+loss (on every rank) and gradient norm: a non-finite step updates nothing and is counted in the log
+(`beingh.train.loss`, which also holds the `pack`/`global` loss normalisation).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 
 import torch
 
+from beingh.data.tokenizer import save_tokenizer
 from beingh.train.args import TrainArgs, is_full_state_checkpoint
 from beingh.train.build import DataFactory, build_data, build_sharded_model, load_train_tokenizer
 from beingh.train.checkpoint import (
@@ -32,6 +35,7 @@ from beingh.train.distributed import (
     set_rng_state,
     shutdown_distributed,
 )
+from beingh.train.loss import NonFiniteGuard, micro_batch_objective, normalize_gradients, step_statistics
 from beingh.train.metrics import LOG, MetricTracker, setup_logging
 from beingh.train.optim import build_optimizer, build_scheduler
 
@@ -112,17 +116,17 @@ class Trainer:
             tracker.load_state_dict(self.metric_state)
         self.tracker = tracker
         trainable = [p for p in self.model.parameters() if p.requires_grad]
+        guard = NonFiniteGuard(t.max_consecutive_nonfinite_steps)
         packs = iter(self.data.packs)
         self.model.train()
         last_saved = None
         try:
             while state.step < t.max_steps:
-                for micro in range(t.gradient_accumulation_steps):
-                    self._micro_step(next(packs), micro, tracker)
-                grad_norm, lr = self._optimizer_step(trainable)
-                tracker.step_done()
+                outputs = [self._micro_step(next(packs), m, tracker) for m in range(t.gradient_accumulation_steps)]
+                grad_norm, lr, applied = self._optimizer_step(trainable, outputs, guard)
+                tracker.step_done(applied)
                 if _is_step(state.step, t.logging_steps) or state.step == t.max_steps:
-                    self._log(tracker, grad_norm, lr)
+                    tracker.log(state.step, lr, grad_norm)
                 if _is_step(state.step, t.save_steps, t.save_steps_start) or state.step == t.max_steps:
                     last_saved = self.save()
         finally:
@@ -130,40 +134,46 @@ class Trainer:
         LOG.info("training done: %d steps, last checkpoint %s", state.step, last_saved)
         return last_saved
 
-    def _optimizer_step(self, trainable: list[torch.nn.Parameter]) -> tuple[torch.Tensor, float]:
-        """Clip, step, schedule; returns the pre-clip gradient norm and the LR this step used."""
-        max_norm = self.args.training.max_grad_norm
+    def _optimizer_step(
+        self, trainable: list[torch.nn.Parameter], outputs: list[Any], guard: NonFiniteGuard
+    ) -> tuple[float, float, bool]:
+        """Normalise, clip, check, step, schedule; returns the pre-clip gradient norm, the step's LR and
+        whether the weights were updated.
+
+        A step whose loss (on any rank) or gradient norm is not finite updates nothing: the gradients are
+        dropped, the step still counts (data, schedule) and `guard` raises after too many in a row.
+        """
+        t = self.args.training
+        loss_finite, total_elements = step_statistics(outputs)
+        if t.loss_normalization == "global":
+            normalize_gradients(trainable, total_elements, self.info.world_size)
         grad_norm = torch.nn.utils.clip_grad_norm_(
-            trainable, max_norm if max_norm > 0 else float("inf"), foreach=True
+            trainable, t.max_grad_norm if t.max_grad_norm > 0 else float("inf"), foreach=True
         )
+        grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
         lr = self.scheduler.get_last_lr()[0]
-        self.optimizer.step()
+        applied = guard.step_ok(self.state.step + 1, loss_finite, grad_norm)
+        if applied:
+            self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.state.step += 1
-        return grad_norm, lr
+        return grad_norm, lr, applied
 
-    def _log(self, tracker: MetricTracker, grad_norm: torch.Tensor, lr: float) -> None:
-        norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
-        record = tracker.log(self.state.step, lr, float(norm))
-        if not torch.isfinite(torch.tensor(record["loss"])):
-            raise FloatingPointError(
-                f"loss is {record['loss']} at step {self.state.step}: lower --learning_rate, check the data "
-                "statistics (normalization) or --max_grad_norm"
-            )
-
-    def _micro_step(self, pack, micro: int, tracker: MetricTracker) -> None:
+    def _micro_step(self, pack, micro: int, tracker: MetricTracker) -> Any:
         """Forward/backward of one pack; gradients are reduced across ranks on the last micro-step only."""
-        accum, info = self.args.training.gradient_accumulation_steps, self.info
+        t, info = self.args.training, self.info
+        accum = t.gradient_accumulation_steps
         batch = pack.to(info.device, non_blocking=True)
         global_micro = (self.state.step * accum + micro) * info.world_size + info.rank
-        torch.manual_seed(micro_batch_seed(self.args.training.seed, global_micro))
+        torch.manual_seed(micro_batch_seed(t.seed, global_micro))
         self.model.set_requires_gradient_sync(micro == accum - 1)
         output = self.model(batch)
-        (output.loss / accum).backward()
+        micro_batch_objective(output, t.loss_normalization, accum).backward()
         tracker.add_micro_batch(_scalar_metrics(output), batch.num_samples, batch.num_tokens)
         self.state.samples_seen += batch.num_samples
         self.state.tokens_seen += batch.num_tokens
+        return output
 
     def save(self) -> Path:
         """Checkpoint the current step (collective)."""
@@ -186,7 +196,7 @@ class Trainer:
 
     def _write_rank0_files(self, folder: Path) -> None:
         self.model.config.save(folder / "config.json")
-        self.tokenizer.save_pretrained(str(folder))
+        save_tokenizer(self.tokenizer, folder)
         self.data.write_metadata(folder / "experiment_cfg")
         (folder / "train_args.json").write_text(json.dumps(self.args.to_dict(), indent=2))
 
