@@ -14,8 +14,8 @@ from beingh.model.loading import build_model, init_expert, load_checkpoint
 from beingh.model.tiny import (
     synthetic_packed_batch,
     tiny_config,
-    write_tiny_internvl_folder,
-    write_tiny_qwen3_folder,
+    write_internvl_folder,
+    write_qwen3_folder,
 )
 
 
@@ -23,7 +23,7 @@ from beingh.model.tiny import (
 def folders(tmp_path_factory):
     root = tmp_path_factory.mktemp("weights")
     config = tiny_config()
-    return write_tiny_internvl_folder(root / "internvl", config), write_tiny_qwen3_folder(
+    return write_internvl_folder(root / "internvl", config), write_qwen3_folder(
         root / "qwen3", config
     )
 
@@ -91,7 +91,7 @@ def test_init_expert_copies_qwen3_weights_into_the_mot_gen_twins(folders):
 
 def test_init_expert_requires_matching_depth(folders, tmp_path):
     mllm, _ = folders
-    deeper = write_tiny_qwen3_folder(
+    deeper = write_qwen3_folder(
         tmp_path / "deep", tiny_config(llm={"num_hidden_layers": 3}, expert={"num_hidden_layers": 3})
     )
     with pytest.raises(ValueError, match="3 layers"):

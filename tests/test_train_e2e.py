@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from beingh.model.beingh import BeingH
-from beingh.model.tiny import tiny_config, write_tiny_internvl_folder, write_tiny_qwen3_folder
+from beingh.model.tiny import tiny_config, write_internvl_folder, write_qwen3_folder
 from beingh.train.args import parse_args
 from beingh.train.build import TrainData, build_data
 from beingh.train.cli import main
@@ -26,9 +26,9 @@ def model_folders(tmp_path_factory) -> tuple[Path, Path]:
     from beingh.data.tokenizer import build_tiny_tokenizer
 
     root = tmp_path_factory.mktemp("tiny_models")
-    mllm = write_tiny_internvl_folder(root / "internvl", tiny_config())
+    mllm = write_internvl_folder(root / "internvl", tiny_config())
     build_tiny_tokenizer(mllm)
-    return mllm, write_tiny_qwen3_folder(root / "qwen3", tiny_config())
+    return mllm, write_qwen3_folder(root / "qwen3", tiny_config())
 
 
 def _argv(model_folders, out: Path, steps: int, *extra: str, yaml: Path = YAML) -> list[str]:

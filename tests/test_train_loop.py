@@ -27,8 +27,8 @@ from beingh.model.beingh import BeingH
 from beingh.model.tiny import (
     synthetic_packed_batch,
     tiny_config,
-    write_tiny_internvl_folder,
-    write_tiny_qwen3_folder,
+    write_internvl_folder,
+    write_qwen3_folder,
 )
 from beingh.train.args import parse_args
 from beingh.train.build import TrainData
@@ -78,9 +78,9 @@ def model_folders(tmp_path_factory) -> tuple[Path, Path]:
 
     root = tmp_path_factory.mktemp("tiny_models")
     config = tiny_config()
-    mllm = write_tiny_internvl_folder(root / "internvl", config)
+    mllm = write_internvl_folder(root / "internvl", config)
     build_tiny_tokenizer(mllm)
-    return mllm, write_tiny_qwen3_folder(root / "qwen3", config)
+    return mllm, write_qwen3_folder(root / "qwen3", config)
 
 
 def _argv(model_folders, out: Path, steps: int, *extra: str) -> list[str]:

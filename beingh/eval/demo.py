@@ -156,7 +156,7 @@ def check_reused_demos(data: Path, recipe: DemoRecipe, tasks: list[str]) -> None
 def write_tiny_model_folders(recipe: DemoRecipe, paths: DemoPaths) -> None:
     """Random-weight InternVL/Qwen3 folders (real formats) sized by the recipe, plus a tiny tokenizer."""
     from beingh.data.tokenizer import build_tiny_tokenizer
-    from beingh.model.tiny import tiny_config, write_tiny_internvl_folder, write_tiny_qwen3_folder
+    from beingh.model.tiny import tiny_config, write_internvl_folder, write_qwen3_folder
 
     config = tiny_config(
         llm={"hidden_size": recipe.llm_hidden, "intermediate_size": 2 * recipe.llm_hidden,
@@ -166,9 +166,9 @@ def write_tiny_model_folders(recipe: DemoRecipe, paths: DemoPaths) -> None:
         vit={"hidden_size": recipe.vit_hidden, "intermediate_size": 2 * recipe.vit_hidden},
         force_image_size=recipe.image_size,
     )
-    write_tiny_internvl_folder(paths.mllm, config, image_size=recipe.image_size, seed=recipe.seed)
+    write_internvl_folder(paths.mllm, config, image_size=recipe.image_size, seed=recipe.seed)
     build_tiny_tokenizer(paths.mllm)
-    write_tiny_qwen3_folder(paths.expert, config, seed=recipe.seed + 1)
+    write_qwen3_folder(paths.expert, config, seed=recipe.seed + 1)
 
 
 def write_dataset_yaml(recipe: DemoRecipe, paths: DemoPaths) -> None:

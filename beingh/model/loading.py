@@ -196,46 +196,58 @@ def _mllm_key(key: str) -> str:
     )
 
 
+@torch.no_grad()
 def build_model(
     mllm_path: str | Path,
     expert_path: str | Path | None,
     config_overrides: dict | None = None,
     vocab_size: int | None = None,
+    dtype: torch.dtype = torch.float32,
 ) -> BeingH:
     """BeingH with InternVL3.5 weights for the ViT/connector/VLM, a random expert and a Xavier action head.
 
-    The ViT position table is resized bicubically to `force_image_size`; `vocab_size` larger than the
-    checkpoint's grows the embeddings and `lm_head` with mean rows (never shrinks: a tokenizer may be
-    smaller than the padded embedding table).
+    The model is allocated once, in `dtype`, and the folder is read one tensor at a time (shard by shard),
+    so the peak is the model plus its largest tensor. The ViT position table is resized bicubically to
+    `force_image_size`; `vocab_size` larger than the checkpoint's grows the embeddings and `lm_head` with
+    mean rows (never shrinks: a tokenizer may be smaller than the padded embedding table).
     """
     mllm_path = Path(mllm_path)
     config = config_from_folders(mllm_path, expert_path).with_overrides(config_overrides or {})
     stored_image_size = config.vit.image_size
     config = replace(config, vit=replace(config.vit, image_size=config.force_image_size))
-    model = BeingH(config)
+    with torch.device("meta"):
+        model = BeingH(config)
+    model.to(dtype).to_empty(device="cpu")
+    model.init_weights()
     expected = model.state_dict()
-    weights = read_safetensors(sorted(mllm_path.glob("*.safetensors")) or checkpoint_files(mllm_path))
-    loaded: dict[str, torch.Tensor] = {}
-    for key, value in weights.items():
-        new_key = _mllm_key(key)
-        if new_key not in expected or "_mot_gen" in new_key:
-            raise ValueError(f"{mllm_path}: weight {key!r} has no place in the model (as {new_key!r})")
-        if new_key == POSITION_KEY:
-            value = resize_position_embedding(value, config.force_image_size // config.vit.patch_size)
-        if value.shape != expected[new_key].shape:
-            raise ValueError(
-                f"{mllm_path}: {key} has shape {tuple(value.shape)}, model expects {tuple(expected[new_key].shape)} "
-                f"(config image_size {stored_image_size})"
-            )
-        loaded[new_key] = value
-    lm_head = "language_model.lm_head.weight"
-    if lm_head not in loaded and "language_model.model.embed_tokens.weight" in loaded:
-        loaded[lm_head] = loaded["language_model.model.embed_tokens.weight"].clone()  # tied in the folder
+    loaded: set[str] = set()
+    for file in sorted(mllm_path.glob("*.safetensors")) or checkpoint_files(mllm_path):
+        with safe_open(str(file), framework="pt") as f:
+            for key in f.keys():
+                new_key = _mllm_key(key)
+                if new_key not in expected or "_mot_gen" in new_key:
+                    raise ValueError(f"{mllm_path}: weight {key!r} has no place in the model (as {new_key!r})")
+                if new_key in loaded:
+                    raise ValueError(f"duplicate tensor {key!r} in {file}")
+                value = f.get_tensor(key)
+                if new_key == POSITION_KEY:
+                    value = resize_position_embedding(value, config.force_image_size // config.vit.patch_size)
+                if value.shape != expected[new_key].shape:
+                    raise ValueError(
+                        f"{mllm_path}: {key} has shape {tuple(value.shape)}, model expects "
+                        f"{tuple(expected[new_key].shape)} (config image_size {stored_image_size}, "
+                        f"downsample_ratio {config.downsample_ratio})"
+                    )
+                expected[new_key].copy_(value)
+                loaded.add(new_key)
+    lm_head, embed = "language_model.lm_head.weight", "language_model.model.embed_tokens.weight"
+    if lm_head not in loaded and embed in loaded:  # tied in the folder
+        expected[lm_head].copy_(expected[embed])
+        loaded.add(lm_head)
     vlm_prefixes = ("vit_model.", "connector.", "language_model.")
     missing = [k for k in expected if k.startswith(vlm_prefixes) and "_mot_gen" not in k and k not in loaded]
     if missing:
         raise ValueError(f"{mllm_path} lacks weights for {missing[:8]}{' ...' if len(missing) > 8 else ''}")
-    model.load_state_dict(loaded, strict=False)
     if vocab_size is not None and vocab_size > config.llm.vocab_size:
         resize_vocab(model, vocab_size)
     return model

@@ -1,13 +1,15 @@
-"""Tiny configurations and weight folders in the real formats, for tests and the CPU demo.
+"""Tiny configurations, and weight folders in the real formats (any shape), for tests, the CPU demo and the
+full-shape smoke benchmark.
 
-`write_tiny_internvl_folder` / `write_tiny_qwen3_folder` write config.json + model.safetensors with random
-weights under the ORIGINAL key names, so `build_model`/`init_expert` run exactly as on real folders.
-Tokenizers are not written here (the model package does not import `beingh.data`).
+`write_internvl_folder` / `write_qwen3_folder` write config.json + safetensors (one file, or shards with an
+index) with random weights under the ORIGINAL key names, so `build_model`/`init_expert` run exactly as on
+real folders. Tokenizers are not written here (the model package does not import `beingh.data`).
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -40,15 +42,59 @@ def tiny_config(**overrides) -> BeingHConfig:
     return base.with_overrides(overrides)
 
 
-def _random_state(shapes: dict[str, tuple[int, ...]], seed: int) -> dict[str, torch.Tensor]:
-    gen = torch.Generator().manual_seed(seed)
-    state = {}
+def _random_tensor(name: str, shape: tuple[int, ...], gen: torch.Generator, dtype: torch.dtype) -> torch.Tensor:
+    if name.endswith("weight") and len(shape) == 1:  # norm scales
+        return (1.0 + 0.1 * torch.randn(shape, generator=gen)).to(dtype)
+    return (0.05 * torch.randn(shape, generator=gen)).to(dtype)
+
+
+def _shard_plan(shapes: dict[str, tuple[int, ...]], itemsize: int, max_shard_bytes: int | None) -> list[list[str]]:
+    """Tensor names per file, in order, each file at most `max_shard_bytes` (a larger tensor gets its own)."""
+    if max_shard_bytes is None:
+        return [list(shapes)]
+    shards: list[list[str]] = [[]]
+    size = 0
     for name, shape in shapes.items():
-        if name.endswith("weight") and len(shape) == 1:  # norm scales
-            state[name] = 1.0 + 0.1 * torch.randn(shape, generator=gen)
-        else:
-            state[name] = 0.05 * torch.randn(shape, generator=gen)
-    return state
+        nbytes = math.prod(shape) * itemsize
+        if shards[-1] and size + nbytes > max_shard_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append(name)
+        size += nbytes
+    return shards
+
+
+def write_weight_folder(
+    path: str | Path,
+    shapes: dict[str, tuple[int, ...]],
+    config_json: dict,
+    seed: int,
+    dtype: torch.dtype = torch.float32,
+    max_shard_bytes: int | None = None,
+) -> Path:
+    """config.json and random weights in the Hugging Face layout: one `model.safetensors`, or with
+    `max_shard_bytes` the shards `model-0000i-of-0000n.safetensors` plus `model.safetensors.index.json`.
+
+    Tensors are generated shard by shard (peak memory: one shard), in a fixed order from one seeded
+    generator, so the values do not depend on the sharding.
+    """
+    out = Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+    gen = torch.Generator().manual_seed(seed)
+    shards = _shard_plan(shapes, torch.empty(0, dtype=dtype).element_size(), max_shard_bytes)
+    weight_map, total = {}, 0
+    for i, names in enumerate(shards):
+        file = "model.safetensors" if max_shard_bytes is None else f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+        tensors = {name: _random_tensor(name, shapes[name], gen, dtype) for name in names}
+        save_file(tensors, str(out / file), metadata={"format": "pt"})
+        total += sum(t.numel() * t.element_size() for t in tensors.values())
+        weight_map.update(dict.fromkeys(names, file))
+        del tensors
+    if max_shard_bytes is not None:
+        index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+        (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+    (out / "config.json").write_text(json.dumps(config_json, indent=2) + "\n")
+    return out
 
 
 def _qwen3_shapes(llm: LLMConfig, hidden: int, intermediate: int, prefix: str) -> dict[str, tuple[int, ...]]:
@@ -74,7 +120,10 @@ def _qwen3_shapes(llm: LLMConfig, hidden: int, intermediate: int, prefix: str) -
     return shapes
 
 
-def _qwen3_config(llm: LLMConfig, hidden: int, intermediate: int, layers: int, eps: float) -> dict:
+def _qwen3_config(
+    llm: LLMConfig, hidden: int, intermediate: int, layers: int, eps: float, tied: bool, dtype: torch.dtype
+) -> dict:
+    """A Qwen3 config.json as the released Qwen3 folders write it (head geometry from `llm`)."""
     return {
         "architectures": ["Qwen3ForCausalLM"],
         "model_type": "qwen3",
@@ -85,19 +134,35 @@ def _qwen3_config(llm: LLMConfig, hidden: int, intermediate: int, layers: int, e
         "rms_norm_eps": eps,
         "hidden_act": "silu",
         "attention_bias": False,
-        "tie_word_embeddings": False,
+        "attention_dropout": 0.0,
+        "initializer_range": 0.02,
+        "max_window_layers": layers,
+        "rope_scaling": None,
+        "sliding_window": None,
+        "use_sliding_window": False,
+        "use_cache": True,
+        "bos_token_id": 151643,
+        "eos_token_id": 151645,
+        "tie_word_embeddings": tied,
+        "torch_dtype": str(dtype).removeprefix("torch."),
     }
 
 
-def write_tiny_internvl_folder(
-    path: str | Path, config: BeingHConfig | None = None, image_size: int = 112, seed: int = 0
+def write_internvl_folder(
+    path: str | Path,
+    config: BeingHConfig | None = None,
+    image_size: int = 112,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+    max_shard_bytes: int | None = None,
+    tie_word_embeddings: bool = False,
 ) -> Path:
-    """An InternVL3.5-format folder for `config`'s LLM/ViT shapes, its ViT position table stored at
-    `image_size` (so loading exercises the bicubic resize to `force_image_size`)."""
+    """An InternVL3.5-format folder (InternVLChatModel config.json, `vision_model.*`, `mlp1.*`,
+    `language_model.*` weights) for `config`'s LLM/ViT shapes, its ViT position table stored at
+    `image_size` (so loading exercises the bicubic resize to `force_image_size`). With
+    `tie_word_embeddings` there is no `language_model.lm_head.weight` (as Qwen3-1.7B ties it)."""
     config = config or tiny_config()
     llm, vit = config.llm, config.vit
-    out = Path(path)
-    out.mkdir(parents=True, exist_ok=True)
     vit_cfg = replace(vit, image_size=image_size)
     d, grid = vit.hidden_size, image_size // vit.patch_size
     shapes: dict[str, tuple[int, ...]] = {
@@ -140,14 +205,15 @@ def write_tiny_internvl_folder(
             "mlp1.1.bias": (llm.hidden_size,),
             "mlp1.3.weight": (llm.hidden_size, llm.hidden_size),
             "mlp1.3.bias": (llm.hidden_size,),
-            "language_model.lm_head.weight": (llm.vocab_size, llm.hidden_size),
         }
     )
+    if not tie_word_embeddings:
+        shapes["language_model.lm_head.weight"] = (llm.vocab_size, llm.hidden_size)
     shapes.update(_qwen3_shapes(llm, llm.hidden_size, llm.intermediate_size, "language_model.model."))
-    save_file(_random_state(shapes, seed), str(out / "model.safetensors"), metadata={"format": "pt"})
     llm_config = _qwen3_config(
-        llm, llm.hidden_size, llm.intermediate_size, llm.num_hidden_layers, llm.rms_norm_eps
-    )
+        llm, llm.hidden_size, llm.intermediate_size, llm.num_hidden_layers, llm.rms_norm_eps,
+        tie_word_embeddings, dtype,
+    )  # fmt: skip
     vision_config = {
         "architectures": ["InternVisionModel"],
         "model_type": "intern_vit_6b",
@@ -155,36 +221,56 @@ def write_tiny_internvl_folder(
         "hidden_act": "gelu",
         "norm_type": "layer_norm",
         "qk_normalization": False,
+        "use_flash_attn": True,
+        "attention_dropout": 0.0,
+        "dropout": 0.0,
+        "torch_dtype": str(dtype).removeprefix("torch."),
     }
     meta = {
         "architectures": ["InternVLChatModel"],
+        "auto_map": {
+            "AutoConfig": "configuration_internvl_chat.InternVLChatConfig",
+            "AutoModel": "modeling_internvl_chat.InternVLChatModel",
+            "AutoModelForCausalLM": "modeling_internvl_chat.InternVLChatModel",
+        },
         "model_type": "internvl_chat",
         "downsample_ratio": config.downsample_ratio,
         "select_layer": config.select_layer,
         "force_image_size": image_size,
+        "dynamic_image_size": True,
+        "max_dynamic_patch": 12,
+        "min_dynamic_patch": 1,
+        "ps_version": "v2",
         "template": "internvl2_5",
+        "use_thumbnail": True,
+        "torch_dtype": str(dtype).removeprefix("torch."),
         "llm_config": llm_config,
         "vision_config": vision_config,
     }
-    (out / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
-    return out
+    return write_weight_folder(path, shapes, meta, seed, dtype, max_shard_bytes)
 
 
-def write_tiny_qwen3_folder(path: str | Path, config: BeingHConfig | None = None, seed: int = 1) -> Path:
+def write_qwen3_folder(
+    path: str | Path,
+    config: BeingHConfig | None = None,
+    seed: int = 1,
+    dtype: torch.dtype = torch.float32,
+    max_shard_bytes: int | None = None,
+    tie_word_embeddings: bool = False,
+) -> Path:
     """A Qwen3 folder with `config.expert`'s width and depth and the LLM's head geometry (like Qwen3-0.6B
-    next to Qwen3-1.7B), so every weight fits the `_mot_gen` twins."""
+    next to Qwen3-1.7B), so every weight fits the `_mot_gen` twins. With `tie_word_embeddings` there is
+    no `lm_head.weight` (as Qwen3-0.6B ties it)."""
     config = config or tiny_config()
     llm, expert = config.llm, config.expert
-    out = Path(path)
-    out.mkdir(parents=True, exist_ok=True)
     shapes = _qwen3_shapes(llm, expert.hidden_size, expert.intermediate_size, "model.")
-    shapes["lm_head.weight"] = (llm.vocab_size, expert.hidden_size)
-    save_file(_random_state(shapes, seed), str(out / "model.safetensors"), metadata={"format": "pt"})
+    if not tie_word_embeddings:
+        shapes["lm_head.weight"] = (llm.vocab_size, expert.hidden_size)
     cfg = _qwen3_config(
-        llm, expert.hidden_size, expert.intermediate_size, expert.num_hidden_layers, expert.rms_norm_eps
-    )
-    (out / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
-    return out
+        llm, expert.hidden_size, expert.intermediate_size, expert.num_hidden_layers, expert.rms_norm_eps,
+        tie_word_embeddings, dtype,
+    )  # fmt: skip
+    return write_weight_folder(path, shapes, cfg, seed, dtype, max_shard_bytes)
 
 
 LIBERO_TEXT_LENS = (45, 24)

@@ -106,16 +106,17 @@ def build_sharded_model(args: TrainArgs, tokenizer: Any, info: DistInfo) -> tupl
     return model, report
 
 
-def build_train_model(args: TrainArgs, tokenizer: Any) -> Any:
-    """The model in fp32 on CPU, its embeddings grown to the tokenizer's vocabulary."""
+def build_train_model(args: TrainArgs, tokenizer: Any, dtype: torch.dtype = torch.float32) -> Any:
+    """The model on CPU (fp32 master weights for training; `benchmarks/full_shape_smoke.py` asks for bf16),
+    its embeddings grown to the tokenizer's vocabulary."""
     from beingh.model.loading import build_model
 
     overrides = model_overrides(args)
     if args.paths.resume_from:
-        model = _model_from_checkpoint(Path(args.paths.resume_from), overrides, len(tokenizer))
+        model = _model_from_checkpoint(Path(args.paths.resume_from), overrides, len(tokenizer)).to(dtype)
     else:
         model = build_model(
-            args.paths.mllm_path, args.paths.expert_path, overrides, vocab_size=len(tokenizer)
+            args.paths.mllm_path, args.paths.expert_path, overrides, vocab_size=len(tokenizer), dtype=dtype
         )
         LOG.info("built model from %s and expert config %s", args.paths.mllm_path, args.paths.expert_path)
     config = model.config
