@@ -68,6 +68,12 @@ def available_gb() -> float:
     raise RuntimeError("/proc/meminfo has no MemAvailable line")
 
 
+def progress(message: str) -> None:
+    """One line per phase on stderr (stdout is the JSON): the 2B phases take minutes on a CPU."""
+    print(f"[full_shape_smoke {time.strftime('%H:%M:%S')}] {message} (peak RSS {peak_rss_gb()} GB)",
+          file=sys.stderr, flush=True)
+
+
 class Timer:
     """Wall and CPU (this process, all threads) seconds of a block."""
 
@@ -150,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         "note": "random weights; wall times on a shared machine are inflated, CPU seconds are fairer",
     }
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
+        progress(f"writing synthetic folders in {tmp}")
         with Timer() as write:
             paths = write_folders(Path(tmp), config, stored_image_size, max_shard_bytes)
         result["write_folders"] = {
@@ -163,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
             "--dataset_config_file", str(paths["data_yaml"]), "--output_dir", str(Path(tmp) / "out"),
             "--max_steps", "1", "--force_image_size", str(image_size), "--grad_checkpoint", "True",
         ])  # fmt: skip
+        progress(f"wrote folders in {write.wall} s; building the model from --mllm_path/--expert_path")
         with Timer() as load:
             tokenizer = load_train_tokenizer(train_args)
             model = build_train_model(train_args, tokenizer, dtype=DTYPE)
@@ -172,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         policy = BeingHPolicy(paths["mllm"], "libero_nonorm", GROUP, "libero", "long", device="cpu",
                               dtype=DTYPE, enable_rtc=False, model=model)
         obs = observation(image_size)
+        progress(f"built in {load.wall} s; one get_action")
         with Timer() as act:
             actions = policy.get_action(obs)
         result["get_action"] = {
@@ -187,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         backward = args.step == "backward" or (args.step == "auto" and free_gb > gradient_gb + ACTIVATION_MARGIN_GB)
         model.train()
         torch.manual_seed(0)
+        progress(f"get_action took {act.wall} s; one training {'forward+backward' if backward else 'forward'}")
         with Timer() as step, torch.set_grad_enabled(backward):
             output = model(batch)
             if backward:

@@ -18,13 +18,13 @@ import sys
 from pathlib import Path
 
 from beingh.data.tokenizer import build_tiny_tokenizer
-from beingh.model.tiny import tiny_config, write_tiny_internvl_folder, write_tiny_qwen3_folder
+from beingh.model.tiny import tiny_config, write_internvl_folder, write_qwen3_folder
 
 work = Path(sys.argv[1])
 config = tiny_config()
-mllm = write_tiny_internvl_folder(work / "tiny_internvl", config)
+mllm = write_internvl_folder(work / "tiny_internvl", config)
 build_tiny_tokenizer(mllm)
-write_tiny_qwen3_folder(work / "tiny_qwen3", config)
+write_qwen3_folder(work / "tiny_qwen3", config)
 print(f"tiny model folders in {work}")
 PY
 
