@@ -75,6 +75,22 @@ def test_a_new_layout_or_step_count_captures_its_own_graph():
     assert sampler.captures == 5
 
 
+def test_original_mpg_semantics_with_one_noise_per_pass_replays_and_a_noise_shape_change_recaptures():
+    torch.manual_seed(0)
+    model = BeingH(tiny_config(use_mpg=True, mpg_lambda=0.5, mpg_refinement_iters=1,
+                               mpg_semantics="original")).eval()
+    sampler = CUDAGraphSampler(model)
+    layout = synthetic_packed_batch(model.config, [1], seed=3)
+    for seed in range(3):
+        call = _call(seed, layout)
+        call["noise"] = torch.randn(2, *call["noise"].shape, generator=torch.Generator().manual_seed(seed))
+        _check(sampler, call)
+    assert sampler.captures == 1
+    # One noise for all passes (the refinement pass then draws fresh noise): another static shape, another graph.
+    assert sampler(**_call(5, layout), num_steps=3).shape == (1, 16, 200)
+    assert sampler.captures == 2
+
+
 def test_a_replay_with_the_same_layout_tensors_never_reads_values_on_the_host(monkeypatch):
     model = _model()
     sampler = CUDAGraphSampler(model)

@@ -60,7 +60,7 @@ class _Prefix:
 class FlowStart:
     """Where the Euler integration starts: noise, and the RTC-locked chunk steps with their values."""
 
-    noise: torch.Tensor  # (B, T, U) fp32
+    noise: torch.Tensor  # (B, T, U) fp32, or (passes, B, T, U): one per MPG pass
     locked: torch.Tensor  # (B, T, 1) bool
     locked_values: torch.Tensor  # (B, T, U) fp32
 
