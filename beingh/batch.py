@@ -13,8 +13,9 @@ from dataclasses import dataclass, fields, replace
 
 import torch
 
-UNIFIED_DIM = 200
-"""Width of the unified state and action vectors (reference/guide_unified_action_space.md)."""
+from beingh.layout import UNIFIED_DIM
+
+__all__ = ["ATTN_MODES", "UNIFIED_DIM", "PackedBatch"]
 
 ATTN_MODES = ("causal", "full", "actionfull", "causal_actionfull")
 """Attention layouts a pack can carry (`--attn_mode`). The prompt builder turns a mode into `segment_ids`:

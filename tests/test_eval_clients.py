@@ -12,8 +12,8 @@ from beingh.eval.libero_client import (
     libero_env_actions,
     libero_policy_observation,
     robosuite_quat2axisangle,
-    suite_name,
 )
+from beingh.eval.libero_env import suite_name
 from beingh.eval.robocasa_client import robocasa_chunk, robocasa_columns, robocasa_policy_observation
 
 
@@ -73,7 +73,7 @@ def test_libero_action_mapping_binarizes_gripper():
 
 def test_suite_names_and_budgets():
     assert suite_name("spatial") == "libero_spatial" and suite_name("libero_10") == "libero_10"
-    with pytest.raises(ValueError, match="task_suite"):
+    with pytest.raises(ValueError, match="--suite"):
         suite_name("kitchen")
 
 
@@ -131,7 +131,7 @@ def test_eval_cli_requires_env_and_names_missing_simulator(capsys, monkeypatch):
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_libero)
-    with pytest.raises(SystemExit, match="pip install hf-libero"):
+    with pytest.raises(SystemExit, match="setup_libero.sh"):
         cli.main(["--env", "libero", "--policy", "ws://localhost:1"])
 
 

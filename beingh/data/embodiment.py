@@ -423,6 +423,29 @@ class LiberoNoNormDataConfig(BaseDataConfig):
     }
 
 
+class LiberoPrivilegedDataConfig(LiberoNoNormDataConfig):
+    """`libero_nonorm` plus the privileged positions of the task's two objects of interest
+    (`observation.environment_state` = [bowl xyz, plate xyz] for libero_spatial, written by `beingh demo
+    collect --env libero` and sent by the LIBERO client) as state in unused unified dims 75:81.
+
+    A real robot has no such input: as `metaworld_goal`, it shows the ceiling of the CPU pipeline (a tiny
+    model trained for minutes) when the policy need not localize the objects in the camera images.
+    """
+
+    STATE_KEYS = [*LiberoNoNormDataConfig.STATE_KEYS, "state.object_position", "state.target_position"]
+    UNIFIED_MAPPING = {
+        **LiberoNoNormDataConfig.UNIFIED_MAPPING,
+        "state.object_position": (75, 78),
+        "state.target_position": (78, 81),
+    }
+    MODALITIES = {
+        **LiberoNoNormDataConfig.MODALITIES,
+        "state.object_position": ModalityDef("observation.environment_state", 0, 3),
+        "state.target_position": ModalityDef("observation.environment_state", 3, 6),
+    }
+    state_normalization_modes = {"state.object_position": "min_max", "state.target_position": "min_max"}
+
+
 class RobocasaHumanDataConfig(BaseDataConfig):
     """RoboCasa mobile manipulator (reference/upstream_data.md §2.3).
 
@@ -534,6 +557,7 @@ class MetaWorldTwoViewDataConfig(MetaWorldDataConfig):
 
 
 register_data_config("libero_nonorm", LiberoNoNormDataConfig)
+register_data_config("libero_privileged", LiberoPrivilegedDataConfig)
 register_data_config("robocasa_human", RobocasaHumanDataConfig)
 register_data_config("metaworld", MetaWorldDataConfig)
 register_data_config("metaworld_goal", MetaWorldGoalDataConfig)

@@ -13,12 +13,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from beingh.batch import UNIFIED_DIM
 from beingh.data.embodiment import TARGET_ROTATION_TYPE, BaseDataConfig, ModalityDef
 from beingh.data.metadata import DatasetMetadata
 from beingh.data.normalize import Normalizer
 from beingh.data.rotation import convert_rotation
 from beingh.data.stats import ColumnStats
+from beingh.layout import UNIFIED_DIM
 
 _AXIS_ANGLE_BOUNDS = ColumnStats(mean=np.zeros(3), std=np.ones(3), min=np.full(3, -math.pi),
                                  max=np.full(3, math.pi), q01=np.full(3, -math.pi), q99=np.full(3, math.pi))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from beingh.batch import UNIFIED_DIM
+from beingh.layout import UNIFIED_DIM
 
 UNIFIED_SLOTS: dict[str, tuple[int, int]] = {
     "eef_position": (0, 3),

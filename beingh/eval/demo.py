@@ -79,11 +79,18 @@ def _add_recipe_args(parser: argparse.ArgumentParser) -> None:
 
 
 def collect_main(argv: list[str]) -> int:
+    env_parser = argparse.ArgumentParser(add_help=False)
+    env_parser.add_argument("--env", default="metaworld")
+    if env_parser.parse_known_args(argv)[0].env == "libero":  # runs in the LIBERO venv: no MetaWorld imports
+        from beingh.eval.libero_collect import main as collect_libero
+
+        return collect_libero(argv)
     from beingh.eval.collect import CollectConfig, collect_demos
     from beingh.eval.metaworld_env import TRAIN_SEED_START, parse_tasks
 
     parser = argparse.ArgumentParser(prog="beingh demo collect")
-    parser.add_argument("--env", default="metaworld", choices=("metaworld",))
+    parser.add_argument("--env", default="metaworld", choices=("metaworld", "libero"),
+                        help="libero: see `beingh demo collect --env libero --help`")
     parser.add_argument("--tasks", required=True, help="comma-separated MetaWorld tasks, e.g. reach-v3,push-v3")
     parser.add_argument("--episodes", type=int, required=True, help="successful episodes per task")
     parser.add_argument("--out", type=Path, required=True, help="dataset folder to create")

@@ -4,15 +4,15 @@ then ask the policy again (optionally telling it how many steps ran, for real-ti
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
 from beingh.data.embodiment import BaseDataConfig, get_data_config
+from beingh.eval.chunking import ChunkExecutor, ChunkPolicy
 from beingh.eval.collect import CAMERA_COLUMN, EXTRA_CAMERA_COLUMNS, extra_cameras_for
 from beingh.eval.mapping import action_columns, policy_observation
 from beingh.eval.metaworld_env import ACTION_DIM, EVAL_SEED_START, MetaWorldEnv, MetaWorldObservation
@@ -21,14 +21,6 @@ from beingh.eval.video_io import write_mp4
 logger = logging.getLogger(__name__)
 
 EMBODIMENT_TAG = "metaworld"
-
-
-class ChunkPolicy(Protocol):
-    """What the runner needs: `BeingHPolicy` and `PolicyClient` both provide it."""
-
-    def get_action(self, observations: dict[str, Any], executed_steps: int | None = None) -> dict[str, Any]: ...
-
-    def reset(self) -> None: ...
 
 
 @dataclass
@@ -76,39 +68,6 @@ def metaworld_action_chunk(reply: dict[str, Any], data_config: BaseDataConfig) -
     if chunk.shape[1] != ACTION_DIM or len(chunk) == 0:
         raise ValueError(f"policy chunk has shape {chunk.shape}, expected (T, {ACTION_DIM})")
     return chunk.astype(np.float32)
-
-
-class ChunkExecutor:
-    """Action chunking shared by every simulator: execute `execute_steps` actions of each chunk, then replan.
-
-    With `rtc`, each new request carries how many actions of the previous chunk were executed, so the
-    policy can lock the part of the new chunk that overlaps them.
-    """
-
-    def __init__(self, policy: ChunkPolicy, execute_steps: int, rtc: bool = False):
-        if execute_steps < 1:
-            raise ValueError(f"execute_steps must be >= 1, got {execute_steps}")
-        self.policy, self.execute_steps, self.rtc = policy, execute_steps, rtc
-        self.chunk: np.ndarray | None = None
-        self.cursor = 0
-        self.calls = 0
-
-    def reset(self) -> None:
-        self.policy.reset()
-        self.chunk, self.cursor, self.calls = None, 0, 0
-
-    def next_action(self, observation: Callable[[], dict[str, Any]],
-                    to_chunk: Callable[[dict[str, Any]], np.ndarray]) -> np.ndarray:
-        """`observation()` builds the policy input (only called when replanning); `to_chunk` maps the reply."""
-        if self.chunk is None or self.cursor >= min(self.execute_steps, len(self.chunk)):
-            executed = self.cursor if (self.rtc and self.chunk is not None) else None
-            chunk = to_chunk(self.policy.get_action(observation(), executed_steps=executed))
-            if len(chunk) == 0:
-                raise ValueError("policy returned an empty action chunk")
-            self.chunk, self.cursor, self.calls = chunk, 0, self.calls + 1
-        action = self.chunk[self.cursor]
-        self.cursor += 1
-        return action
 
 
 def run_episode(env: MetaWorldEnv, policy: ChunkPolicy, seed: int, config: RolloutConfig,
