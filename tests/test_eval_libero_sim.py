@@ -210,11 +210,14 @@ def test_served_policy_drives_the_real_simulator(libero_python, tmp_path):
     actions = steps["actions"]
     assert len(actions) == 10 + 20  # settle steps, then the 20-step budget
     np.testing.assert_array_equal(actions[:10], np.tile([0, 0, 0, 0, 0, 0, -1.0], (10, 1)))
-    assert len(proxy.requests) == 3  # replan every 8 steps: before steps 0, 8 and 16
+    assert proxy.requests[0] == {"endpoint": "reset"}  # each episode starts with a fresh server-side history
+    queries = [(request, reply) for request, reply in zip(proxy.requests, proxy.replies, strict=True)
+               if "endpoint" not in request]
+    assert len(queries) == 3  # replan every 8 steps: before steps 0, 8 and 16
     assert list((tmp_path / "videos").glob("*.mp4"))
 
     rendered = steps["agentview_image_steps"].tolist()
-    for k, (request, reply) in enumerate(zip(proxy.requests, proxy.replies, strict=True)):
+    for k, (request, reply) in enumerate(queries):
         obs_step = 9 + 8 * k  # the observation returned by the env step just before the query
         assert obs_step in rendered
         image = steps["agentview_image"][rendered.index(obs_step)]
