@@ -13,6 +13,7 @@ They skip only when the LIBERO venv does not exist, and never under CI (CI=true)
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import socket
@@ -51,6 +52,17 @@ def run_libero_side(python: Path, *args: str, timeout: float = 900) -> str:
                             timeout=timeout)
     assert result.returncode == 0, f"libero_side.py {args[0]} failed:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
     return result.stdout
+
+
+def test_setup_script_is_idempotent_and_the_venv_has_no_torch(libero_python):
+    result = subprocess.run(["bash", str(REPO / "scripts/eval/setup_libero.sh"), str(LIBERO_VENV)], cwd=REPO,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = [line for line in result.stdout.splitlines() if line.startswith("setup_libero:")]
+    assert not [line for line in lines if "installing" in line or "creating" in line or "writing" in line], lines
+    assert any("LIBERO already installed" in line for line in lines)
+    assert any(line.startswith("setup_libero: OK") for line in lines)  # its check asserts torch is absent
+    assert (LIBERO_VENV / "libero-config" / "config.yaml").is_file()
 
 
 def test_on_demand_rendering_equals_always_on(libero_python, tmp_path):
@@ -215,6 +227,11 @@ def test_served_policy_drives_the_real_simulator(libero_python, tmp_path):
                if "endpoint" not in request]
     assert len(queries) == 3  # replan every 8 steps: before steps 0, 8 and 16
     assert list((tmp_path / "videos").glob("*.mp4"))
+    report = json.loads(results.read_text())
+    assert report["overall_success_rate"] in (0.0, 1.0) and report["data_config"] == "libero_nonorm"
+    (task_report,) = report["tasks"].values()
+    assert task_report["episodes"] == 1 and task_report["task_id"] == 0
+    assert report["episodes"][0]["steps"] == 20 and report["episodes"][0]["policy_calls"] == 3
 
     rendered = steps["agentview_image_steps"].tolist()
     for k, (request, reply) in enumerate(queries):
