@@ -35,8 +35,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"beingh: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
     module_name, func_name = COMMANDS[name][0].split(":")
-    func = getattr(importlib.import_module(module_name), func_name)
-    return int(func(rest) or 0)
+    try:
+        func = getattr(importlib.import_module(module_name), func_name)
+        return int(func(rest) or 0)
+    except ModuleNotFoundError as err:
+        if err.name != "torch":
+            raise
+        print(f"beingh {name}: this environment has no torch (the LIBERO venv runs only `eval --env libero` and "
+              "`demo collect --env libero`); run it from beingh's main environment", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ def test_client_side_imports_without_torch_av_pyarrow():
         class Block(importlib.abc.MetaPathFinder):
             def find_spec(self, name, path, target=None):
                 if name.split(".")[0] in HEAVY:
-                    raise ImportError("blocked for this test: " + name)
+                    raise ModuleNotFoundError("blocked for this test: " + name, name=name)
 
         sys.meta_path.insert(0, Block())
         import beingh.eval.libero_client, beingh.eval.libero_env, beingh.eval.libero_expert
@@ -42,10 +42,13 @@ def test_client_side_imports_without_torch_av_pyarrow():
         loaded = sorted(m for m in sys.modules if m.split(".")[0] in HEAVY)
         assert not loaded, loaded
         print("torch-free")
+        from beingh.cli import main
+        assert main(["train", "--help"]) == 1  # a torch command says where to run it
     """)
     result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "torch-free" in result.stdout
+    assert "beingh train: this environment has no torch" in result.stderr
 
 
 def test_blocker_really_blocks():
