@@ -137,7 +137,7 @@ def collect_libero_demos(config: LiberoCollectConfig) -> LiberoCollectReport:
     try:
         for task_id in config.task_ids:
             task = load_task(config.suite, task_id)
-            env = LiberoEnv(task, config.image_size, hard_reset=False)
+            env = LiberoEnv(task, config.image_size)
             try:
                 _collect_task(env, task, config, max_steps, writer, report, progress)
             finally:

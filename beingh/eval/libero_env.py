@@ -105,15 +105,15 @@ def num_tasks(suite: str) -> int:
 class LiberoEnv:
     """One task's `OffScreenRenderEnv` (agent-view and wrist cameras, `resolution` px) rendering on demand."""
 
-    def __init__(self, task: LiberoTask, resolution: int, hard_reset: bool = True):
-        """`hard_reset=False` skips reloading the scene on every reset (seconds each); the evaluation keeps the
-        original's hard resets, the demo collector does not need them."""
+    def __init__(self, task: LiberoTask, resolution: int):
         import_libero()
         from libero.libero.envs import OffScreenRenderEnv
 
         self.task = task
+        # Hard resets (the default) rebuild the simulation on every reset, so a replay from the same initial
+        # state repeats a rollout exactly; soft resets keep solver warm-starts and made replays diverge.
         self.env = OffScreenRenderEnv(bddl_file_name=task.bddl_file, camera_heights=resolution,
-                                      camera_widths=resolution, hard_reset=hard_reset)
+                                      camera_widths=resolution)
         self.resolution = resolution
         self._render = True
 
@@ -165,14 +165,12 @@ class LiberoEnv:
         inner = self.env.env
         for camera in CAMERAS:
             name = f"{camera}_image"
-            sensor = inner._observables[name]._sensor
-            original = getattr(sensor, "rendering_sensor", sensor)  # already wrapped after a soft reset
+            original = inner._observables[name]._sensor
             blank = np.zeros((self.resolution, self.resolution, 3), dtype=np.uint8)
 
             def switched(obs_cache, original=original, blank=blank):
                 return original(obs_cache) if self._render else blank
 
             switched.__modality__ = original.__modality__
-            switched.rendering_sensor = original
             self._render = False
             inner.modify_observable(name, "sensor", switched)
