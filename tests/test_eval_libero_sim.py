@@ -91,12 +91,14 @@ def test_collected_demo_replays_through_the_client_mapping(libero_python, tmp_pa
     stored_states = dataset.read_rows(0, ["observation.state"], np.arange(length))["observation.state"]
     assert stored_actions.shape == (length, 7) and stored_states.shape == (length, 8)
 
-    # The env received: expert rollout (10 waits + N actions, cameras off), then the replay (10 waits + N).
+    # The env received, for the kept attempt: the expert rollout (10 settle steps + N actions, cameras off),
+    # then its replay (10 settle steps + N actions, cameras on); failed attempts, if any, came before.
     sent = steps["actions"]
     replayed = sent[-length:]
     np.testing.assert_array_equal(sent[-length - 10:-length, 6], -1.0)  # the replay's settle steps
     np.testing.assert_array_equal(libero_env_actions(stored_actions), replayed)
-    np.testing.assert_array_equal(sent[10:10 + length], replayed)  # the replay repeats the physics rollout
+    rollout = sent[-2 * length - 10:-length - 10]
+    np.testing.assert_array_equal(rollout, replayed)  # the replay repeats the physics rollout
     assert {-1.0, 1.0} <= set(replayed[:, 6])  # the episode opens and closes the gripper
     np.testing.assert_array_equal(stored_actions[:, 6], -replayed[:, 6])  # data: 1 = open, env: -1 = open
 
