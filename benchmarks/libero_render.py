@@ -9,9 +9,11 @@ Runs in the LIBERO venv (`bash scripts/eval/setup_libero.sh`); prints one JSON o
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
+import sys
 import time
 
 import numpy as np
@@ -36,8 +38,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=48)
     parser.add_argument("--task", type=int, default=0, help="libero_spatial task id")
     args = parser.parse_args()
-    task = load_task("libero_spatial", args.task)
-    env = LiberoEnv(task, args.resolution)
+    with contextlib.redirect_stdout(sys.stderr):  # LIBERO prints to stdout; keep it pure JSON
+        task = load_task("libero_spatial", args.task)
+        env = LiberoEnv(task, args.resolution)
     rng = np.random.default_rng(0)
     actions = np.concatenate([rng.uniform(-0.3, 0.3, (args.steps, 6)), np.full((args.steps, 1), -1.0)], axis=1)
     results = {mode: measure(env, task.init_states[0], actions, every) for mode, every in MODES.items()}
